@@ -1,0 +1,195 @@
+"""``wanflow``: the command line over the library (argv in, library calls out; no logic of its own).
+
+    wanflow models                        the presets and their official settings
+    wanflow render PROMPT [--model NAME]  render one video, log one MLflow run
+    wanflow history                       past renders as a table
+    wanflow ui                            the MLflow UI for the project's store, on 127.0.0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+def _models(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from wanflow.presets import DEFAULT_PRESET, PRESETS
+
+    rows = [p.summary() for p in PRESETS.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = pd.DataFrame(rows).drop(columns=["source"])
+    print(table.to_string(index=False))
+    print(f"\ndefault: {DEFAULT_PRESET}. Real presets load from --model-dir, $WANFLOW_MODEL_DIR/<repo> or the "
+          "Hugging Face cache:")
+    for preset in PRESETS.values():
+        if preset.hub_id:
+            print(f"  {preset.name:10s} {preset.hub_id}")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from wanflow.loading import LoadOptions
+    from wanflow.presets import DEFAULT_PRESET
+    from wanflow.render import render
+    from wanflow.spec import RenderSpec
+
+    overrides = {
+        "preset": args.model, "prompt": args.prompt, "negative_prompt": args.negative, "seed": args.seed,
+        "num_inference_steps": args.steps, "guidance_scale": args.guidance, "guidance_scale_2": args.guidance_2,
+        "flow_shift": args.flow_shift, "width": args.width, "height": args.height, "num_frames": args.frames,
+        "fps": args.fps, "image": args.image,
+    }
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if args.spec:
+        with open(args.spec, encoding="utf-8") as handle:
+            fields = json.load(handle)
+        fields.update(given)
+        if "image" in given:
+            fields.pop("image_sha256", None)
+    else:
+        if args.prompt is None:
+            raise SystemExit("error: prompt: give a PROMPT, or --spec FILE to re-render a saved spec.json")
+        fields = {"preset": DEFAULT_PRESET, **given}
+    spec = RenderSpec.model_validate(fields)
+    options = LoadOptions(
+        device=args.device, dtype="bfloat16" if args.convert_model_dtype else args.dtype,
+        offload_model=args.offload_model, t5_cpu=args.t5_cpu, model_dir=args.model_dir,
+    )
+    result = render(spec, options=options, out_dir=args.out, tracking_uri=args.tracking_uri,
+                    log=not args.no_log, progress=not args.quiet)
+    if args.json:
+        print(json.dumps({"run_id": result.run_id, "video": str(result.video.resolve()), "seed": result.seed,
+                          "spec_id": spec.spec_id, "timings": result.timings}, indent=2))
+    else:
+        total = sum(result.timings.values())
+        print(f"run_id: {result.run_id or '(not logged)'}")
+        print(f"video:  {result.video}")
+        print(f"seed:   {result.seed}   spec_id: {spec.spec_id}   {spec.num_frames} frames "
+              f"{spec.width}x{spec.height} @ {spec.fps} fps   {total:.1f} s")
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from wanflow.tracking import history
+
+    frame = history(args.tracking_uri, max_results=args.limit, stage=args.stage)
+    if args.json:
+        print(frame.to_json(orient="records", date_format="iso", indent=2))
+        return 0
+    if frame.empty:
+        print("no renders yet: try `wanflow render \"a red circle moving left on a blue background\"`")
+        return 0
+    columns = [c for c in ("run_id", "status", "stage", "preset", "seed", "num_inference_steps", "width", "height",
+                           "num_frames", "total_s", "denoise_s", "adherence", "prompt") if c in frame]
+    view = frame[columns].copy()
+    view["run_id"] = view["run_id"].str[:12]
+    if "prompt" in view:
+        view["prompt"] = view["prompt"].str.replace("\n", " ").str.slice(0, 50)
+    print(view.to_string(index=False))
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from wanflow.tracking import client_and_experiment, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    _, experiment_id = client_and_experiment(uri)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI for {uri}\n  http://{args.host}:{args.port}/#/experiments/{experiment_id}"
+          "?workflowType=machine_learning\n(Ctrl-C to stop)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach this machine can read your runs",
+              file=sys.stderr)
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wanflow",
+        description="Wan2.2 video renders, tracked in MLflow. Start with `wanflow render \"a red circle moving left "
+                    "on a blue background\"`, then `wanflow history` and `wanflow ui`.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    models = sub.add_parser("models", help="list model presets and their official settings")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.set_defaults(func=_models)
+
+    r = sub.add_parser("render", help="render one video and log it as an MLflow run",
+                       description="Render one video. Settings you leave out come from the preset's official "
+                                   "values (`wanflow models`).")
+    r.add_argument("prompt", nargs="?", help="what the video shows")
+    r.add_argument("--model", help="preset name (default: the embedded model; see `wanflow models`)")
+    r.add_argument("--spec", metavar="FILE", help="re-render a saved spec.json (other options override its fields)")
+    r.add_argument("--seed", type=int, help="noise seed 0..4294967295 (default: random, printed and logged)")
+    r.add_argument("--steps", type=int, help="num_inference_steps")
+    r.add_argument("--guidance", type=float, help="guidance_scale (high-noise expert on two-expert models)")
+    r.add_argument("--guidance-2", type=float, help="guidance_scale_2 (low-noise expert; two-expert models only)")
+    r.add_argument("--flow-shift", type=float, help="scheduler flow_shift (sample shift)")
+    r.add_argument("--width", type=int, help="width in pixels")
+    r.add_argument("--height", type=int, help="height in pixels")
+    r.add_argument("--frames", type=int, help="num_frames, 4k+1")
+    r.add_argument("--fps", type=int, help="frames per second of the mp4")
+    r.add_argument("--negative", help="negative_prompt (default: the preset's)")
+    r.add_argument("--image", help="first frame for image-to-video (PNG/JPEG/WebP)")
+    r.add_argument("--out", metavar="DIR", help="output folder (default: outputs/<time>-<preset>-<spec id>)")
+    r.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    r.add_argument("--no-log", action="store_true", help="write files only, no MLflow run")
+    r.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    r.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (auto: bfloat16 on GPU, float32 on CPU)")
+    r.add_argument("--convert-model-dtype", action="store_true", help="as Wan2.2's flag: same as --dtype bfloat16")
+    r.add_argument("--offload-model", action="store_true", help="as Wan2.2's flag: model CPU offload, less GPU memory")
+    r.add_argument("--t5-cpu", action="store_true", help="as Wan2.2's flag: text encoder on the CPU")
+    r.add_argument("--model-dir", help="local Diffusers-layout folder with the preset's weights")
+    r.add_argument("--json", action="store_true", help="print the result as JSON")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_render)
+
+    h = sub.add_parser("history", help="past renders as a table")
+    h.add_argument("--limit", type=int, default=50, help="newest N runs (default 50)")
+    h.add_argument("--stage", choices=["draft", "final"], help="only drafts or finals")
+    h.add_argument("--json", action="store_true", help="all columns as JSON records")
+    h.add_argument("--tracking-uri", help="MLflow store (default: as for render)")
+    h.set_defaults(func=_history)
+
+    u = sub.add_parser("ui", help="open the MLflow UI on the project's store")
+    u.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--tracking-uri", help="MLflow store (default: as for render)")
+    u.set_defaults(func=_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``wanflow`` command. Bad input exits with status 2 and one ``error:`` line per problem."""
+    from pydantic import ValidationError
+
+    from wanflow.loading import ModelNotFoundError
+    from wanflow.spec import explain
+    from wanflow.tracking import TrackingError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValidationError as err:
+        print("error: invalid render settings:\n  " + explain(err).replace("\n", "\n  "), file=sys.stderr)
+    except (ModelNotFoundError, TrackingError, PermissionError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+    except json.JSONDecodeError as err:
+        print(f"error: spec: not valid JSON ({err})", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

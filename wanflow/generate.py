@@ -1,0 +1,211 @@
+"""RenderSpec -> frames: runs a diffusers Wan pipeline with every setting passed explicitly, and observes it.
+
+What it observes while the pipeline runs: time per stage (load, text encode, denoise, decode), peak memory, and
+which expert ran at each denoising step (forward hooks on ``transformer`` / ``transformer_2``, not assumed from the
+boundary). It knows nothing about files or MLflow (:mod:`wanflow.render` puts the pieces together).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from wanflow.loading import LoadOptions, ModelSource, load_pipeline
+from wanflow.media import to_uint8
+from wanflow.spec import RenderSpec
+from wanflow.text import MAX_SEQUENCE_LENGTH
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """One finished denoising step, as passed to ``on_step`` callbacks.
+
+    ``step`` counts from 0; ``timestep`` is on the scheduler's 0..1000 scale; ``expert`` is the transformer
+    that ran (``transformer`` = high noise, ``transformer_2`` = low noise); ``guidance_scale`` the CFG scale used.
+    """
+
+    step: int
+    total: int
+    timestep: float
+    expert: str
+    guidance_scale: float
+
+
+@dataclass
+class Generation:
+    """What :func:`generate` returns: uint8 frames (F, H, W, 3), the seed, seconds per stage
+    (``load``, ``text_encode``, ``denoise``, ``decode``), the steps with their expert, and peak memory in GiB
+    (``memory_kind``: ``cuda`` = peak allocated on the GPU, ``cpu-rss`` = the process's peak resident set)."""
+
+    frames: np.ndarray
+    seed: int
+    timings: dict[str, float]
+    steps: list[StepEvent]
+    peak_memory_gib: float
+    memory_kind: str
+    source: ModelSource
+    options: LoadOptions
+    pipeline_class: str
+    scheduler: dict = field(default_factory=dict)
+
+    @property
+    def expert_schedule(self) -> str:
+        """Runs of experts over the steps, e.g. ``transformer:0-4,transformer_2:5-9``."""
+        runs: list[list] = []
+        for event in self.steps:
+            if runs and runs[-1][0] == event.expert:
+                runs[-1][2] = event.step
+            else:
+                runs.append([event.expert, event.step, event.step])
+        return ",".join(f"{name}:{a}-{b}" for name, a, b in runs)
+
+
+def _set_flow_shift(pipe, flow_shift: float) -> None:
+    """Replace the scheduler by the same class with ``flow_shift`` (UniPC: ``flow_shift``; flow-match Euler:
+    ``shift``). The Diffusers conversions of A14B bake 3.0 into their config (``shared/RESEARCH.md`` §1)."""
+    config = dict(pipe.scheduler.config)
+    key = "flow_shift" if "flow_shift" in config else "shift"
+    if config.get(key) != flow_shift:
+        pipe.scheduler = type(pipe.scheduler).from_config(config, **{key: flow_shift})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "cuda"
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss_kib / (2**30 if sys.platform == "darwin" else 2**20), "cpu-rss"
+
+
+def generate(
+    spec: RenderSpec,
+    options: LoadOptions | None = None,
+    on_step: Callable[[StepEvent], None] | None = None,
+    progress: bool = True,
+) -> Generation:
+    """Render ``spec`` to frames.
+
+    Args:
+        spec: the validated inputs.
+        options: device, dtype and memory options (default: automatic).
+        on_step: called after every denoising step with a :class:`StepEvent` (the notebook studio's progress bar).
+        progress: show a tqdm bar over denoising steps.
+
+    Noise comes from a CPU ``torch.Generator`` seeded with ``spec.seed`` (diffusers' advice for reproducible
+    noise across devices). CFG runs only when ``guidance_scale > 1`` (as in diffusers).
+
+    Raises:
+        ModelNotFoundError, ValueError: from :func:`wanflow.loading.load_pipeline`.
+    """
+    options = options or LoadOptions()
+    preset = spec.model
+    loaded = load_pipeline(preset, spec.task, options)
+    pipe = loaded.pipe
+    _set_flow_shift(pipe, spec.flow_shift)
+    device = pipe._execution_device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    timings = {"load": loaded.load_seconds}
+    do_cfg = spec.guidance_scale > 1.0
+    text_device = torch.device("cpu") if options.t5_cpu else device
+    started = time.perf_counter()
+    with torch.no_grad():
+        prompt_embeds, negative_embeds = pipe.encode_prompt(
+            prompt=spec.prompt,
+            negative_prompt=spec.negative_prompt,
+            do_classifier_free_guidance=do_cfg,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            device=text_device,
+        )
+    prompt_embeds = prompt_embeds.to(device)
+    negative_embeds = negative_embeds.to(device) if negative_embeds is not None else None
+    _sync(device)
+    timings["text_encode"] = time.perf_counter() - started
+
+    ran: list[str] = []
+    hooks = [
+        module.register_forward_pre_hook(lambda *_, name=name: ran.append(name))
+        for name in ("transformer", "transformer_2")
+        if (module := getattr(pipe, name, None)) is not None
+    ]
+    raw_steps: list[tuple[int, torch.Tensor, str]] = []
+    bar = tqdm(total=spec.num_inference_steps, desc=f"{spec.preset} denoise", unit="step", disable=not progress,
+               leave=False, file=sys.stderr)
+    marks = {"denoise_end": None}
+    boundary = preset.boundary_ratio * 1000 if preset.two_experts else None
+
+    def on_step_end(_pipe, i, t, callback_kwargs):
+        expert = ran[-1] if ran else "none"
+        ran.clear()
+        raw_steps.append((i, t, expert))
+        bar.update(1)
+        if i == spec.num_inference_steps - 1:
+            _sync(device)
+            marks["denoise_end"] = time.perf_counter()
+        if on_step is not None:
+            scale = spec.guidance_scale if expert != "transformer_2" else spec.guidance_scale_2
+            on_step(StepEvent(i, spec.num_inference_steps, float(t), expert, scale))
+        return {}
+
+    call = dict(
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_embeds,
+        height=spec.height,
+        width=spec.width,
+        num_frames=spec.num_frames,
+        num_inference_steps=spec.num_inference_steps,
+        guidance_scale=spec.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(spec.seed),
+        output_type="np",
+        callback_on_step_end=on_step_end,
+        max_sequence_length=MAX_SEQUENCE_LENGTH,
+    )
+    if preset.two_experts:
+        call["guidance_scale_2"] = spec.guidance_scale_2
+    if spec.task == "i2v":
+        with Image.open(spec.image) as img:
+            call["image"] = img.convert("RGB")
+    started = time.perf_counter()
+    try:
+        output = pipe(**call)
+    finally:
+        bar.close()
+        for hook in hooks:
+            hook.remove()
+    ended = time.perf_counter()
+    denoise_end = marks["denoise_end"] or ended
+    timings["denoise"] = denoise_end - started
+    timings["decode"] = ended - denoise_end
+
+    steps = []
+    for i, t, expert in raw_steps:
+        t = float(t)
+        low_noise = boundary is not None and t < boundary
+        steps.append(StepEvent(i, spec.num_inference_steps, t, expert,
+                               spec.guidance_scale_2 if low_noise else spec.guidance_scale))
+    peak, kind = _peak_memory(device)
+    return Generation(
+        frames=to_uint8(output.frames),
+        seed=spec.seed,
+        timings=timings,
+        steps=steps,
+        peak_memory_gib=peak,
+        memory_kind=kind,
+        source=loaded.source,
+        options=options,
+        pipeline_class=type(pipe).__name__,
+        scheduler={"class": type(pipe.scheduler).__name__, **dict(pipe.scheduler.config)},
+    )

@@ -1,0 +1,258 @@
+"""Preset + options -> a diffusers Wan pipeline, from a local Diffusers-layout folder, the Hugging Face cache or
+the Hub, with device, dtype and memory options; the loaded pipeline is kept for the next render in the process.
+
+The same code loads real checkpoints, the tiny models (saved on the fly by :mod:`wanflow.tiny`) and the micro
+models shipped in ``wanflow/micro/weights``: all three are Diffusers folders read by
+``DiffusionPipeline.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import DiffusionPipeline, WanImageToVideoPipeline, WanPipeline
+
+from wanflow.presets import Preset
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MICRO_WEIGHTS = Path(__file__).parent / "micro" / "weights"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A preset's weights are not where wanflow looked; the message lists the places and how to get them."""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a render runs (not what it renders): device, dtype and the memory flags of Wan2.2's ``generate.py``.
+
+    Attributes:
+        device: ``auto`` (cuda, then mps, then cpu), or a torch device string such as ``cpu``, ``cuda:1``.
+        dtype: ``auto`` (bfloat16 on GPUs, float32 on cpu), ``float32``, ``bfloat16`` or ``float16``. Choosing
+            ``bfloat16`` is the equivalent of the official ``--convert_model_dtype``.
+        offload_model: keep components on the CPU and move each to the GPU while it runs
+            (``enable_model_cpu_offload``; official ``--offload_model``). Slower, much less GPU memory.
+        t5_cpu: run the text encoder on the CPU (official ``--t5_cpu``): saves its ~11 GB of GPU memory for UMT5-XXL.
+        model_dir: a local Diffusers-layout folder with the preset's weights (real presets).
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    offload_model: bool = False
+    t5_cpu: bool = False
+    model_dir: str | None = None
+
+    def torch_device(self) -> torch.device:
+        """The device to compute on. Raises ValueError for an unknown or unavailable device."""
+        if self.device == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda")
+            if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+                return torch.device("mps")
+            return torch.device("cpu")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"device: unknown device {self.device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {self.device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device: {self.device!r} asked for, but MPS is not available; use --device cpu")
+        return device
+
+    def torch_dtype(self) -> torch.dtype:
+        """The dtype to load weights in. Raises ValueError for an unknown name."""
+        if self.dtype == "auto":
+            return torch.float32 if self.torch_device().type == "cpu" else torch.bfloat16
+        try:
+            return DTYPES[self.dtype]
+        except KeyError:
+            raise ValueError(f"dtype: unknown {self.dtype!r}; use auto, {', '.join(DTYPES)}") from None
+
+    def as_tags(self) -> dict[str, str]:
+        """The options, resolved, as run tags."""
+        return {
+            "device": str(self.torch_device()),
+            "dtype": str(self.torch_dtype()).removeprefix("torch."),
+            "offload_model": str(self.offload_model).lower(),
+            "t5_cpu": str(self.t5_cpu).lower(),
+        }
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a preset's weights were found: the folder, and a revision string for the run's tags."""
+
+    path: Path
+    origin: Literal["local", "hub-cache", "hub", "tiny", "micro"]
+    revision: str
+
+
+def _check_complete(path: Path) -> None:
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise ModelNotFoundError(f"model_dir: {path} has no model_index.json; it is not a Diffusers-layout model folder")
+    index = json.loads(index_file.read_text())
+    missing = [
+        name for name, value in index.items()
+        if isinstance(value, list) and value[0] is not None and not (path / name).is_dir()
+    ]
+    if missing:
+        raise ModelNotFoundError(
+            f"model_dir: {path} is incomplete: missing component folder(s) {', '.join(missing)}; "
+            "download the whole repository again"
+        )
+
+
+def find_model(preset: Preset, model_dir: str | os.PathLike | None = None) -> ModelSource:
+    """Locate ``preset``'s weights.
+
+    Real presets are looked for, in order: ``model_dir``; ``$WANFLOW_MODEL_DIR/<repo name>`` (e.g.
+    ``~/models/Wan2.2-TI2V-5B-Diffusers``); the Hugging Face cache; the Hub itself unless ``HF_HUB_OFFLINE=1``.
+    Tiny presets are built and saved on first use; micro presets ship in ``wanflow/micro/weights``.
+
+    Raises:
+        ModelNotFoundError: not found (the message lists where it looked and the download command), or the
+            folder lacks ``model_index.json`` or a component folder.
+    """
+    if model_dir is not None:
+        path = Path(model_dir).expanduser()
+        if not path.is_dir():
+            raise ModelNotFoundError(f"model_dir: {path} does not exist or is not a folder")
+        _check_complete(path)
+        return ModelSource(path, "local", "local")
+    if preset.kind == "tiny":
+        from wanflow import tiny
+
+        return ModelSource(tiny.materialize(preset), "tiny", f"tiny-v{tiny.TINY_FORMAT}")
+    if preset.kind == "micro":
+        path = MICRO_WEIGHTS / preset.name
+        _check_complete(path)
+        return ModelSource(path, "micro", (path / "VERSION").read_text().strip() if (path / "VERSION").exists() else "micro")
+
+    looked = []
+    repo_name = preset.hub_id.split("/")[-1]
+    if os.environ.get("WANFLOW_MODEL_DIR"):
+        path = Path(os.environ["WANFLOW_MODEL_DIR"]).expanduser() / repo_name
+        if path.is_dir():
+            _check_complete(path)
+            return ModelSource(path, "local", "local")
+        looked.append(f"$WANFLOW_MODEL_DIR/{repo_name} ({path})")
+    else:
+        looked.append("$WANFLOW_MODEL_DIR (not set)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(preset.hub_id, local_files_only=True))
+        _check_complete(path)
+        return ModelSource(path, "hub-cache", path.name)
+    except (LocalEntryNotFoundError, FileNotFoundError, ModelNotFoundError):
+        looked.append(f"the Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')})")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if not offline:
+        try:
+            path = Path(snapshot_download(preset.hub_id))
+            return ModelSource(path, "hub", path.name)
+        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+            looked.append(f"the Hub ({preset.hub_id}: {err.__class__.__name__})")
+    else:
+        looked.append("the Hub (skipped: HF_HUB_OFFLINE is set)")
+    raise ModelNotFoundError(
+        f"preset {preset.name}: weights for {preset.hub_id} not found. Looked in: " + "; ".join(looked) + ". "
+        f"Get them with `hf download {preset.hub_id} --local-dir ~/models/{repo_name}` and pass "
+        f"`--model-dir ~/models/{repo_name}` (or set WANFLOW_MODEL_DIR=~/models)."
+    )
+
+
+@dataclass
+class LoadedPipeline:
+    """A ready pipeline and how it came to be."""
+
+    pipe: WanPipeline | WanImageToVideoPipeline
+    source: ModelSource
+    options: LoadOptions
+    load_seconds: float
+    from_cache: bool
+
+
+@dataclass
+class _Cache:
+    key: tuple | None = None
+    source: ModelSource | None = None
+    pipes: dict = field(default_factory=dict)
+
+
+_cache = _Cache()
+
+
+def clear_cache() -> None:
+    """Drop the kept pipeline (frees its memory once nothing else holds it)."""
+    _cache.key, _cache.source, _cache.pipes = None, None, {}
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _place(pipe: DiffusionPipeline, options: LoadOptions) -> None:
+    device = options.torch_device()
+    if options.offload_model and device.type != "cpu":
+        if options.t5_cpu:
+            pipe._exclude_from_cpu_offload = [*pipe._exclude_from_cpu_offload, "text_encoder"]
+        pipe.enable_model_cpu_offload(device=device)
+        if options.t5_cpu:
+            pipe.text_encoder.to("cpu")
+        return
+    pipe.to(device)
+    if options.t5_cpu:
+        pipe.text_encoder.to("cpu")
+
+
+def load_pipeline(preset: Preset, task: Literal["t2v", "i2v"], options: LoadOptions | None = None) -> LoadedPipeline:
+    """The pipeline for ``preset`` and ``task``: ``WanPipeline`` for text-to-video, ``WanImageToVideoPipeline``
+    for image-to-video (TI2V-5B's one set of weights serves both, shared through ``from_pipe``).
+
+    The last loaded model stays in memory: a second call with the same preset and options (only the prompt or seed
+    changed) returns it without reloading (``from_cache=True``, ``load_seconds`` ~0).
+
+    Raises:
+        ModelNotFoundError: see :func:`find_model`.
+        ValueError: bad device or dtype; the folder holds a different pipeline than the preset needs.
+    """
+    options = options or LoadOptions()
+    device, dtype = options.torch_device(), options.torch_dtype()
+    started = time.perf_counter()
+    source = find_model(preset, options.model_dir)
+    key = (str(source.path), str(device), str(dtype), options.offload_model, options.t5_cpu)
+    if _cache.key == key and task in _cache.pipes:
+        return LoadedPipeline(_cache.pipes[task], source, options, time.perf_counter() - started, True)
+    if _cache.key != key:
+        clear_cache()
+        base = DiffusionPipeline.from_pretrained(source.path, dtype=dtype)
+        expected = WanImageToVideoPipeline if preset.structure == "i2v-a14b" else WanPipeline
+        if not isinstance(base, expected):
+            raise ValueError(
+                f"model_dir: {source.path} holds a {type(base).__name__}; preset {preset.name} needs a "
+                f"{expected.__name__} checkpoint ({preset.hub_id or preset.structure})"
+            )
+        if bool(base.config.boundary_ratio) != preset.two_experts:
+            raise ValueError(
+                f"model_dir: {source.path} has boundary_ratio={base.config.boundary_ratio}; preset {preset.name} "
+                f"expects {preset.boundary_ratio}"
+            )
+        base.set_progress_bar_config(disable=True)
+        _place(base, options)
+        _cache.key, _cache.source = key, source
+        _cache.pipes = {"i2v" if isinstance(base, WanImageToVideoPipeline) else "t2v": base}
+    if task not in _cache.pipes:
+        other = next(iter(_cache.pipes.values()))
+        cls = WanImageToVideoPipeline if task == "i2v" else WanPipeline
+        pipe = cls.from_pipe(other)
+        pipe.set_progress_bar_config(disable=True)
+        _cache.pipes[task] = pipe
+    return LoadedPipeline(_cache.pipes[task], source, options, time.perf_counter() - started, False)

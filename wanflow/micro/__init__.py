@@ -1,0 +1,1 @@
+"""Micro models: small Wan2.2-architecture models trained by wanflow on a procedural data set."""

@@ -1,0 +1,171 @@
+"""One render, end to end: spec -> frames -> files -> MLflow run.
+
+:func:`render` is the one call the CLI, the notebooks and the replay use. Data flows one way:
+:func:`wanflow.generate.generate` makes the frames, :mod:`wanflow.media` writes the files,
+:mod:`wanflow.tracking` records the run. The run is created before the model loads and always ends, FINISHED or
+FAILED, so a crash never leaves it RUNNING.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from wanflow import __version__
+from wanflow.generate import Generation, StepEvent, generate
+from wanflow.loading import LoadOptions
+from wanflow.media import MediaFiles, write_outputs
+from wanflow.spec import RenderSpec
+
+STAGES = ("draft", "final")
+
+
+@dataclass
+class RenderResult:
+    """A finished render: the spec, uint8 frames (F, H, W, 3), the files, the seed used, seconds per stage
+    (``load``, ``text_encode``, ``denoise``, ``decode``, ``encode`` = writing the files, ``log`` = MLflow),
+    the expert per step, peak memory (GiB) and the MLflow run id (None when ``log=False``)."""
+
+    spec: RenderSpec
+    frames: np.ndarray
+    files: MediaFiles
+    seed: int
+    timings: dict[str, float]
+    steps: list[StepEvent]
+    peak_memory_gib: float
+    run_id: str | None
+    tracking_uri: str | None
+    generation: Generation
+
+    @property
+    def video(self) -> Path:
+        return self.files.video
+
+    @property
+    def out_dir(self) -> Path:
+        return self.files.video.parent
+
+
+def default_out_dir(spec: RenderSpec) -> Path:
+    """``outputs/<UTC time>-<preset>-<spec_id[:8]>`` under the current folder."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("outputs") / f"{stamp}-{spec.preset}-{spec.spec_id[:8]}"
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"out_dir: cannot write to {folder} ({err.strerror}); choose another --out folder") from None
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import torch
+    import transformers
+
+    return {"wanflow_version": __version__, "diffusers_version": diffusers.__version__,
+            "torch_version": torch.__version__, "transformers_version": transformers.__version__}
+
+
+def render(
+    spec: RenderSpec,
+    *,
+    options: LoadOptions | None = None,
+    out_dir: str | os.PathLike | None = None,
+    stage: str = "draft",
+    tags: dict[str, str] | None = None,
+    tracking_uri: str | None = None,
+    log: bool = True,
+    progress: bool = True,
+    on_step: Callable[[StepEvent], None] | None = None,
+) -> RenderResult:
+    """Render ``spec``, write its files and log one MLflow run.
+
+    Args:
+        spec: what to render (validated on construction).
+        options: device, dtype, memory options; automatic by default.
+        out_dir: folder for ``video.mp4``, ``preview.gif``, ``contact_sheet.png``, ``spec.json``; default
+            :func:`default_out_dir`.
+        stage: ``draft`` (exploration) or ``final`` (replayed from a lock); a run tag.
+        tags: extra run tags (e.g. lineage of a final render).
+        tracking_uri: MLflow store; default :func:`wanflow.tracking.default_tracking_uri`.
+        log: False renders and writes files without MLflow.
+        progress: tqdm bar over denoising steps.
+        on_step: called after each denoising step (see :class:`wanflow.generate.StepEvent`).
+
+    Raises:
+        ValueError: bad stage, device or dtype (before anything is loaded or logged).
+        PermissionError: ``out_dir`` is not writable (before anything is loaded or logged).
+        wanflow.tracking.TrackingError: the MLflow store cannot be reached (before the model loads).
+        ModelNotFoundError: the preset's weights are missing (the run ends FAILED).
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage: {stage!r} is not one of {', '.join(STAGES)}")
+    options = options or LoadOptions()
+    option_tags = options.as_tags()  # raises on a bad device/dtype before any work
+    folder = Path(out_dir) if out_dir is not None else default_out_dir(spec)
+    _check_writable(folder)
+
+    run = None
+    if log:
+        from wanflow.tracking import RenderRun, run_name
+
+        base_tags = {
+            "stage": stage, "preset": spec.preset, "spec_id": spec.spec_id, "task": spec.task,
+            **option_tags, **_versions(), **(tags or {}),
+        }
+        run = RenderRun.start(spec.to_params(), base_tags, run_name(spec.prompt, stage), tracking_uri)
+    try:
+        generation = generate(spec, options, on_step=on_step, progress=progress)
+        started = time.perf_counter()
+        files = write_outputs(generation.frames, folder, spec.canonical_json(), spec.fps)
+        timings = {**generation.timings, "encode": time.perf_counter() - started}
+        if run is not None:
+            timings["log"] = run.finish(
+                _metrics(generation, timings, spec), _result_tags(generation), list(files.as_dict().values())
+            )
+    except BaseException as err:
+        if run is not None:
+            run.fail(err)
+        raise
+    return RenderResult(
+        spec=spec, frames=generation.frames, files=files, seed=generation.seed, timings=timings,
+        steps=generation.steps, peak_memory_gib=generation.peak_memory_gib,
+        run_id=run.run_id if run else None, tracking_uri=run.tracking_uri if run else None, generation=generation,
+    )
+
+
+def _metrics(generation: Generation, timings: dict[str, float], spec: RenderSpec) -> dict[str, float]:
+    metrics = {f"{stage}_s": seconds for stage, seconds in timings.items()}
+    metrics["s_per_step"] = timings["denoise"] / max(1, spec.num_inference_steps)
+    metrics["peak_memory_gib"] = generation.peak_memory_gib
+    for expert in ("transformer", "transformer_2"):
+        metrics[f"steps_{expert}"] = sum(1 for s in generation.steps if s.expert == expert)
+    try:
+        from wanflow.quality import frame_metrics
+    except ImportError:  # quality metrics arrive with the micro models
+        return metrics
+    metrics.update(frame_metrics(generation.frames, spec.prompt))
+    return metrics
+
+
+def _result_tags(generation: Generation) -> dict[str, str]:
+    return {
+        "model_source": generation.source.origin,
+        "model_path": str(generation.source.path),
+        "model_revision": generation.source.revision,
+        "pipeline": generation.pipeline_class,
+        "scheduler": generation.scheduler.get("class", ""),
+        "expert_schedule": generation.expert_schedule,
+        "peak_memory_kind": generation.memory_kind,
+    }

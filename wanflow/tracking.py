@@ -1,0 +1,185 @@
+"""MLflow: one run per render, and the render history as a pandas DataFrame.
+
+The store: ``--tracking-uri`` / ``tracking_uri=``, else ``$MLFLOW_TRACKING_URI``, else the project's default,
+``sqlite:///mlruns/mlflow.db`` under the current folder with artifacts in ``mlruns/artifacts`` (a SQLite store,
+not the file store that MLflow >= 3.13 refuses without ``MLFLOW_ALLOW_FILE_STORE``; ``shared/RESEARCH.md`` §3).
+
+Runs are written through ``MlflowClient`` (explicit run ids, no global active run), so batch code and several
+renders in one process never mix up runs. A run is created before the render starts and always ends: FINISHED
+with its files, or FAILED with the error as a tag and ``error.txt``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+#: The experiment every render goes to, unless ``$WANFLOW_EXPERIMENT`` names another.
+EXPERIMENT = "wanflow"
+#: The artifacts at the run's root, the only ones MLflow's Compare Runs page shows side by side.
+ROOT_ARTIFACTS = ("video.mp4", "preview.gif", "contact_sheet.png", "spec.json")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or written; the message names the URI."""
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlruns/mlflow.db``."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """``uri`` if given, else :func:`default_tracking_uri`. A SQLite store's folder is created if missing."""
+    uri = uri or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def _artifact_location(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def client_and_experiment(tracking_uri: str | None = None) -> tuple[MlflowClient, str]:
+    """An ``MlflowClient`` for the store and the id of the wanflow experiment (created on first use, with its
+    artifacts beside a SQLite database).
+
+    Raises:
+        TrackingError: the store cannot be reached (e.g. a tracking server that is down).
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    name = os.environ.get("WANFLOW_EXPERIMENT", EXPERIMENT)
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return client, experiment.experiment_id
+        try:
+            return client, client.create_experiment(name, artifact_location=_artifact_location(uri))
+        except MlflowException:  # created by a concurrent process in the meantime
+            return client, client.get_experiment_by_name(name).experiment_id
+    except MlflowException as err:
+        raise TrackingError(f"tracking_uri: cannot use the MLflow store at {uri}: {err.message[:300]}") from err
+    except Exception as err:  # connection errors surface as requests/urllib3 exceptions
+        raise TrackingError(f"tracking_uri: cannot reach the MLflow store at {uri}: {err}") from err
+
+
+def run_name(prompt: str, stage: str) -> str:
+    """A readable run name from the prompt: letters, digits, spaces and ``-`` only, at most 48 characters."""
+    words = re.sub(r"[^\w\- ]+", " ", prompt, flags=re.UNICODE)
+    words = re.sub(r"\s+", " ", words).strip()[:48].strip()
+    return f"{stage}: {words or 'untitled'}"
+
+
+class RenderRun:
+    """The MLflow run of one render: created RUNNING by :meth:`start`, ended by :meth:`finish` or :meth:`fail`."""
+
+    def __init__(self, client: MlflowClient, run_id: str, tracking_uri: str):
+        self.client, self.run_id, self.tracking_uri = client, run_id, tracking_uri
+
+    @classmethod
+    def start(cls, params: dict[str, str], tags: dict[str, str], name: str, tracking_uri: str | None = None) -> "RenderRun":
+        """Create the run with its params (the spec's fields) and tags.
+
+        Raises:
+            TrackingError: the store cannot be reached or written.
+        """
+        client, experiment_id = client_and_experiment(tracking_uri)
+        try:
+            run = client.create_run(experiment_id, tags=tags, run_name=name)
+        except Exception as err:
+            raise TrackingError(f"tracking_uri: cannot create a run in {client.tracking_uri}: {err}") from err
+        self = cls(client, run.info.run_id, client.tracking_uri)
+        try:
+            client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+        except BaseException as err:
+            self.fail(err)
+            raise
+        return self
+
+    def finish(self, metrics: dict[str, float], tags: dict[str, str], files: list[Path]) -> float:
+        """Log metrics, tags and each file at the run's root, then end the run FINISHED. Returns the seconds
+        logging took, which is also logged as the metric ``log_s``."""
+        started = time.perf_counter()
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v == v],  # drop NaN
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        )
+        for path in files:
+            self.client.log_artifact(self.run_id, str(path))
+        seconds = time.perf_counter() - started
+        self.client.log_metric(self.run_id, "log_s", seconds, now, 0)
+        self.client.set_terminated(self.run_id, "FINISHED")
+        return seconds
+
+    def fail(self, error: BaseException) -> None:
+        """End the run FAILED (KILLED for Ctrl-C) with the error as a tag and its traceback as ``error.txt``.
+        Never raises: a failure to record the failure must not hide the original error."""
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        try:
+            message = f"{type(error).__name__}: {error}"
+            self.client.set_tag(self.run_id, "error", message[:4900])
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "error.txt"
+                path.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
+                self.client.log_artifact(self.run_id, str(path))
+        except Exception:
+            pass
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception:
+            pass
+
+
+def history(tracking_uri: str | None = None, max_results: int = 1000, stage: str | None = None) -> pd.DataFrame:
+    """The renders in the store, newest first: one row per run.
+
+    Columns: ``run_id``, ``status``, ``start_time`` (UTC), ``stage``, ``preset``, ``spec_id``, then every spec field
+    (from the params: ``prompt``, ``seed``, ``num_inference_steps``, ...) and every metric (``denoise_s``,
+    ``peak_memory_gib``, ...), and ``artifact_uri``. ``stage`` filters to ``draft`` or ``final``.
+
+    Raises:
+        TrackingError: the store cannot be reached.
+    """
+    client, experiment_id = client_and_experiment(tracking_uri)
+    query = f"tags.stage = '{stage}'" if stage else ""
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=max_results,
+                              order_by=["attributes.start_time DESC"])
+    rows = []
+    for run in runs:
+        row = {
+            "run_id": run.info.run_id,
+            "status": run.info.status,
+            "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
+            "stage": run.data.tags.get("stage"),
+            "preset": run.data.tags.get("preset"),
+            "spec_id": run.data.tags.get("spec_id"),
+        }
+        row.update(run.data.params)
+        row.update(run.data.metrics)
+        row["artifact_uri"] = run.info.artifact_uri
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for column in ("seed", "num_inference_steps", "width", "height", "num_frames", "fps"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    for column in ("guidance_scale", "guidance_scale_2", "flow_shift"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
