@@ -7,17 +7,40 @@ the good drafts, replay them on the A14B two-expert model, compare in the MLflow
     >>> spec = wanflow.RenderSpec(preset="tiny-ti2v", prompt="a red circle moving left on a blue background", seed=0)
     >>> result = wanflow.render(spec)          # doctest: +SKIP
     >>> wanflow.history()                       # doctest: +SKIP
+
+Names are imported on first use, so ``import wanflow`` (and ``wanflow --help``) stays fast.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from wanflow.loading import LoadOptions, ModelNotFoundError  # noqa: E402
-from wanflow.presets import DEFAULT_PRESET, PRESETS, Preset, get_preset  # noqa: E402
-from wanflow.render import RenderResult, render  # noqa: E402
-from wanflow.spec import RenderSpec  # noqa: E402
-from wanflow.tracking import history  # noqa: E402
+_EXPORTS = {
+    "DEFAULT_PRESET": "wanflow.presets",
+    "PRESETS": "wanflow.presets",
+    "Preset": "wanflow.presets",
+    "get_preset": "wanflow.presets",
+    "RenderSpec": "wanflow.spec",
+    "LoadOptions": "wanflow.loading",
+    "ModelNotFoundError": "wanflow.exceptions",
+    "TrackingError": "wanflow.exceptions",
+    "RenderResult": "wanflow.render",
+    "render": "wanflow.render",
+    "history": "wanflow.tracking",
+}
 
-__all__ = [
-    "DEFAULT_PRESET", "PRESETS", "LoadOptions", "ModelNotFoundError", "Preset", "RenderResult", "RenderSpec",
-    "get_preset", "history", "render",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wanflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -175,9 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wanflow`` command. Bad input exits with status 2 and one ``error:`` line per problem."""
     from pydantic import ValidationError
 
-    from wanflow.loading import ModelNotFoundError
+    from wanflow.exceptions import ModelNotFoundError, TrackingError
     from wanflow.spec import explain
-    from wanflow.tracking import TrackingError
 
     args = build_parser().parse_args(argv)
     try:

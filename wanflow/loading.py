@@ -18,14 +18,11 @@ from typing import Literal
 import torch
 from diffusers import DiffusionPipeline, WanImageToVideoPipeline, WanPipeline
 
+from wanflow.exceptions import ModelNotFoundError
 from wanflow.presets import Preset
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MICRO_WEIGHTS = Path(__file__).parent / "micro" / "weights"
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """A preset's weights are not where wanflow looked; the message lists the places and how to get them."""
 
 
 @dataclass(frozen=True)

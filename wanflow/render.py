@@ -21,6 +21,7 @@ from wanflow import __version__
 from wanflow.generate import Generation, StepEvent, generate
 from wanflow.loading import LoadOptions
 from wanflow.media import MediaFiles, write_outputs
+from wanflow.quality import frame_metrics
 from wanflow.spec import RenderSpec
 
 STAGES = ("draft", "final")
@@ -151,11 +152,9 @@ def _metrics(generation: Generation, timings: dict[str, float], spec: RenderSpec
     metrics["peak_memory_gib"] = generation.peak_memory_gib
     for expert in ("transformer", "transformer_2"):
         metrics[f"steps_{expert}"] = sum(1 for s in generation.steps if s.expert == expert)
-    try:
-        from wanflow.quality import frame_metrics
-    except ImportError:  # quality metrics arrive with the micro models
-        return metrics
-    metrics.update(frame_metrics(generation.frames, spec.prompt))
+    # Prompt adherence means something only for the micro models, whose captions the detector reads.
+    prompt = spec.prompt if spec.model.kind == "micro" else None
+    metrics.update(frame_metrics(generation.frames, prompt))
     return metrics
 
 

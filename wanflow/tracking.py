@@ -23,14 +23,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from wanflow.exceptions import TrackingError
+
 #: The experiment every render goes to, unless ``$WANFLOW_EXPERIMENT`` names another.
 EXPERIMENT = "wanflow"
 #: The artifacts at the run's root, the only ones MLflow's Compare Runs page shows side by side.
 ROOT_ARTIFACTS = ("video.mp4", "preview.gif", "contact_sheet.png", "spec.json")
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be reached or written; the message names the URI."""
 
 
 def default_tracking_uri() -> str:

@@ -1,0 +1,119 @@
+"""The `wanflow` command: help, models, render, history, ui; bad input exits 2 with a field-naming message."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wanflow import cli
+from wanflow.media import probe_video
+
+from .conftest import PROMPT
+
+
+def run_cli(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "wanflow.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_help_lists_every_command():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for command in ("models", "render", "history", "ui"):
+        assert command in out.stdout
+    render_help = run_cli("render", "--help").stdout
+    for option in ("--model", "--seed", "--steps", "--guidance-2", "--frames", "--image", "--tracking-uri",
+                   "--offload-model", "--t5-cpu", "--convert-model-dtype", "--spec"):
+        assert option in render_help
+
+
+def test_models_lists_presets_with_official_settings(capsys):
+    assert cli.main(["models", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["t2v-a14b"]["flow_shift"] == 12.0 and rows["t2v-a14b"]["guidance"] == "4 / 3"
+    assert rows["ti2v-5b"]["sizes"] == "1280x704 704x1280"
+    assert rows["ti2v-5b"]["source"] == "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+
+
+def test_readme_demo_render_makes_a_video_and_a_run(tmp_path):
+    """The render that scripts/quickstart.sh (the README's first command) runs, in a fresh folder."""
+    out = run_cli("render", PROMPT, "--seed", "0", "--quiet", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(":", 1) for line in out.stdout.splitlines() if ":" in line)
+    video = tmp_path / lines["video"].strip()
+    assert video.is_file() and probe_video(video)["codec"] == "h264"
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+    history = run_cli("history", "--json", cwd=tmp_path)
+    (row,) = json.loads(history.stdout)
+    assert row["run_id"] == lines["run_id"].strip() and row["status"] == "FINISHED" and row["prompt"] == PROMPT
+    table = run_cli("history", cwd=tmp_path).stdout
+    assert row["run_id"][:12] in table and "FINISHED" in table
+
+
+def test_render_respects_tracking_uri_env_and_spec_rerender(tmp_path, store):
+    out_a = tmp_path / "a"
+    assert cli.main(["render", PROMPT, "--model", "tiny-t2v-a14b", "--seed", "4", "--out", str(out_a),
+                     "--quiet", "--tracking-uri", store]) == 0
+    spec_path = out_a / "spec.json"
+    assert cli.main(["render", "--spec", str(spec_path), "--out", str(tmp_path / "b"), "--no-log", "--quiet"]) == 0
+    first, second = probe_video(out_a / "video.mp4"), probe_video(tmp_path / "b" / "video.mp4")
+    assert (first["frames"] == second["frames"]).all()
+    env_out = run_cli("history", "--json", env={"MLFLOW_TRACKING_URI": store}, cwd=tmp_path)
+    assert len(json.loads(env_out.stdout)) == 1
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--model", "tiny-ti2v", "--height", "70"], "height: 70 must be a multiple of 32"),
+        (["--model", "tiny-ti2v", "--frames", "10"], "num_frames: 10 must be 4k+1"),
+        (["--model", "tiny-ti2v", "--guidance-2", "3"], "guidance_scale_2: only for two-expert presets"),
+        (["--model", "wan-9000"], "unknown model 'wan-9000'"),
+        (["--model", "tiny-i2v-a14b"], "image: tiny-i2v-a14b is image-to-video only"),
+        (["--image", "/no/such.png"], "image: /no/such.png does not exist"),
+        (["--seed", "-5"], "seed: -5 is out of range"),
+        (["--device", "quantum"], "device: unknown device 'quantum'"),
+        (["--model", "ti2v-5b"], "weights for Wan-AI/Wan2.2-TI2V-5B-Diffusers not found"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_field(args, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["render", PROMPT, "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert words in err, err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("outputs/*/video.mp4"))
+
+
+def test_missing_model_leaves_a_failed_run_not_a_running_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["render", PROMPT, "--model", "ti2v-5b", "--quiet"]) == 2
+    assert cli.main(["history", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["status"] == "FAILED"
+
+
+def test_prompt_is_required_without_spec(capsys):
+    with pytest.raises(SystemExit, match="prompt"):
+        cli.main(["render"])
+
+
+def test_ui_binds_to_localhost_and_opens_the_runs_table(tmp_path, monkeypatch, capsys, store):
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda exe, argv: calls.append(argv))
+    assert cli.main(["ui", "--tracking-uri", store, "--port", "5123"]) == 0
+    (argv,) = calls
+    assert argv[1:4] == ["-m", "mlflow", "ui"]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--backend-store-uri") + 1] == store
+    assert "http://127.0.0.1:5123/#/experiments/" in capsys.readouterr().out
+
+
+def test_history_is_friendly_when_empty(tmp_path, capsys, store):
+    assert cli.main(["history", "--tracking-uri", store]) == 0
+    assert "no renders yet" in capsys.readouterr().out

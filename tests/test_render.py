@@ -1,0 +1,198 @@
+"""Rendering every tiny preset end to end: frames, files, experts per step, settings reaching the pipeline, MLflow."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UniPCMultistepScheduler
+from mlflow.tracking import MlflowClient
+
+import wanflow
+from wanflow.generate import generate
+from wanflow.loading import load_pipeline
+from wanflow.media import probe_video
+from wanflow.presets import get_preset
+from wanflow.spec import RenderSpec
+from wanflow.tracking import ROOT_ARTIFACTS
+
+from .conftest import PROMPT
+
+
+@pytest.mark.parametrize("name", ["tiny-ti2v", "tiny-t2v-a14b", "tiny-i2v-a14b"])
+def test_each_tiny_preset_renders_an_h264_mp4(name, tmp_path, store, red_image):
+    preset = get_preset(name)
+    image = str(red_image) if preset.tasks == ("i2v",) else None
+    spec = RenderSpec(preset=name, prompt=PROMPT, seed=3, image=image)
+    result = wanflow.render(spec, out_dir=tmp_path / "out", tracking_uri=store, progress=False)
+    video = probe_video(result.video)
+    assert video["codec"] == "h264"
+    assert video["pix_fmt"].startswith("yuv420p")
+    assert video["frames"].shape == (preset.num_frames, preset.height, preset.width, 3)
+    assert video["fps"] == preset.fps
+    assert json.loads(video["tags"]["comment"]) == json.loads(spec.canonical_json())
+    assert result.frames.shape == (9, 64, 64, 3) and result.frames.dtype == np.uint8
+    assert result.frames.std() > 1.0  # a real decode, not a blank array
+    # lossy H.264 (and 4:2:0 chroma) blurs the tiny model's pixel noise, but keeps each frame's mean colour
+    means = lambda f: f.reshape(len(f), -1, 3).mean(axis=1)  # noqa: E731
+    assert np.abs(means(video["frames"].astype(float)) - means(result.frames.astype(float))).max() < 3
+    assert sorted(p.name for p in result.out_dir.iterdir()) == sorted(ROOT_ARTIFACTS)
+
+
+def _observe(monkeypatch, pipe):
+    """Make each expert return constants (cond 1.0, uncond 0.0) and record which expert ran and what
+    noise prediction reached the scheduler: with CFG, that prediction is exactly the guidance scale."""
+    calls: list[str] = []
+    seen: list[tuple[str, float]] = []
+
+    def constant_output(name):
+        def hook(module, args, kwargs, output):
+            calls.append(name)
+            value = 1.0 if len(calls) % 2 == 1 else 0.0  # pipeline order per step: cond, then uncond
+            return (torch.full_like(output[0], value),)
+        return hook
+
+    handles = [getattr(pipe, n).register_forward_hook(constant_output(n), with_kwargs=True)
+               for n in ("transformer", "transformer_2")]
+    original = UniPCMultistepScheduler.step
+
+    def step(self, model_output, timestep, sample, **kwargs):
+        seen.append((calls[-1], float(timestep), float(model_output.mean())))
+        return original(self, model_output, timestep, sample, **kwargs)
+
+    monkeypatch.setattr(UniPCMultistepScheduler, "step", step)
+    return seen, handles
+
+
+@pytest.mark.parametrize("name", ["tiny-t2v-a14b", "tiny-i2v-a14b"])
+def test_boundary_splits_experts_and_guidance(name, monkeypatch, red_image):
+    preset = get_preset(name)
+    spec = RenderSpec(preset=name, prompt=PROMPT, seed=0, num_inference_steps=10, guidance_scale=4.0,
+                      guidance_scale_2=2.0, image=str(red_image) if name.startswith("tiny-i2v") else None)
+    pipe = load_pipeline(preset, spec.task).pipe
+    seen, handles = _observe(monkeypatch, pipe)
+    try:
+        generation = generate(spec, progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+    boundary = preset.boundary_ratio * 1000
+    assert len(seen) == 10
+    for (expert, t, prediction), event in zip(seen, generation.steps):
+        if t >= boundary:
+            assert expert == "transformer" and prediction == pytest.approx(4.0)
+        else:
+            assert expert == "transformer_2" and prediction == pytest.approx(2.0)
+        assert event.expert == expert and event.timestep == pytest.approx(t)
+    experts = [e for e, _, _ in seen]
+    assert "transformer" in experts and "transformer_2" in experts
+    assert experts == sorted(experts)  # high noise first, one hand-over
+
+
+def test_single_expert_preset_runs_transformer_every_step():
+    generation = generate(RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=0), progress=False)
+    assert [s.expert for s in generation.steps] == ["transformer"] * 4
+    assert generation.expert_schedule == "transformer:0-3"
+
+
+def test_official_flow_shift_reaches_the_scheduler():
+    # The tiny A14B model's scheduler config says flow_shift=3.0, like the Diffusers conversion; wanflow sets 12.0.
+    assert load_pipeline(get_preset("tiny-t2v-a14b"), "t2v").pipe.scheduler.config.flow_shift in (3.0, 12.0)
+    official = generate(RenderSpec(preset="tiny-t2v-a14b", prompt=PROMPT, seed=0, num_inference_steps=10), progress=False)
+    assert official.scheduler["flow_shift"] == 12.0
+    lower = generate(RenderSpec(preset="tiny-t2v-a14b", prompt=PROMPT, seed=0, num_inference_steps=10,
+                                flow_shift=3.0), progress=False)
+    assert lower.scheduler["flow_shift"] == 3.0
+    high_noise = lambda g: sum(s.expert == "transformer" for s in g.steps)  # noqa: E731
+    # a larger shift keeps more steps at high noise, so the high-noise expert runs longer
+    assert high_noise(official) > high_noise(lower)
+    assert official.steps[0].timestep > lower.steps[1].timestep
+
+
+def test_same_spec_gives_bit_identical_frames_and_spec_json_rerenders(tmp_path, store):
+    spec = RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=11)
+    first = wanflow.render(spec, out_dir=tmp_path / "a", tracking_uri=store, progress=False)
+    second = wanflow.render(spec, out_dir=tmp_path / "b", tracking_uri=store, progress=False)
+    assert np.array_equal(first.frames, second.frames)
+    again = RenderSpec.load(first.files.spec)
+    assert again == spec
+    third = wanflow.render(again, out_dir=tmp_path / "c", log=False, progress=False)
+    assert np.array_equal(third.frames, first.frames)
+    other = wanflow.render(spec.model_copy(update={"seed": 12}), out_dir=tmp_path / "d", log=False, progress=False)
+    assert not np.array_equal(other.frames, first.frames)
+
+
+def test_image_to_video_on_tiny_ti2v_uses_the_i2v_pipeline(tmp_path, red_image):
+    spec = RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=1, image=str(red_image))
+    result = wanflow.render(spec, out_dir=tmp_path, log=False, progress=False)
+    assert result.generation.pipeline_class == "WanImageToVideoPipeline"
+    assert result.frames.shape == (9, 64, 64, 3)
+
+
+def test_run_holds_params_tags_metrics_and_root_artifacts(tmp_path, store):
+    spec = RenderSpec(preset="tiny-t2v-a14b", prompt=PROMPT, seed=5)
+    steps = []
+    result = wanflow.render(spec, out_dir=tmp_path, tracking_uri=store, progress=False, on_step=steps.append)
+    assert [s.step for s in steps] == list(range(6)) and steps[-1].total == 6
+    run = MlflowClient(store).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == spec.to_params()
+    tags = run.data.tags
+    assert tags["stage"] == "draft" and tags["preset"] == "tiny-t2v-a14b" and tags["spec_id"] == spec.spec_id
+    assert tags["model_source"] == "tiny" and tags["model_revision"] == "tiny-v1"
+    assert tags["device"] == "cpu" and tags["dtype"] == "float32"
+    assert tags["torch_version"] == torch.__version__ and tags["wanflow_version"] == wanflow.__version__
+    assert tags["diffusers_version"] and tags["expert_schedule"].startswith("transformer:0-")
+    metrics = run.data.metrics
+    for key in ("load_s", "text_encode_s", "denoise_s", "decode_s", "encode_s", "log_s", "s_per_step",
+                "peak_memory_gib", "flicker"):
+        assert metrics[key] >= 0, key
+    assert metrics["steps_transformer"] + metrics["steps_transformer_2"] == 6
+    assert metrics["s_per_step"] == pytest.approx(metrics["denoise_s"] / 6)
+    artifacts = {a.path for a in MlflowClient(store).list_artifacts(result.run_id)}
+    assert artifacts == set(ROOT_ARTIFACTS)
+    table = wanflow.history(store)
+    row = table.set_index("run_id").loc[result.run_id]
+    assert row["prompt"] == PROMPT and row["seed"] == 5 and row["stage"] == "draft"
+    assert row["denoise_s"] == pytest.approx(metrics["denoise_s"])
+
+
+def test_failed_render_ends_failed_with_the_error(tmp_path, store, monkeypatch):
+    render_module = importlib.import_module("wanflow.render")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(render_module, "generate", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        wanflow.render(RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=1), out_dir=tmp_path / "o",
+                       tracking_uri=store, progress=False)
+    (run_id,) = wanflow.history(store)["run_id"]
+    run = MlflowClient(store).get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert "out of memory (simulated)" in run.data.tags["error"]
+    assert {a.path for a in MlflowClient(store).list_artifacts(run_id)} == {"error.txt"}
+    assert not (tmp_path / "o" / "video.mp4").exists()
+
+
+def test_unwritable_out_dir_fails_before_any_run(tmp_path, store):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match="out_dir"):
+        wanflow.render(RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=1), out_dir=blocker / "sub",
+                       tracking_uri=store, progress=False)
+    assert wanflow.history(store).empty
+
+
+def test_unreachable_tracking_server_fails_before_the_model_loads(tmp_path, monkeypatch):
+    render_module = importlib.import_module("wanflow.render")
+
+    monkeypatch.setattr(render_module, "generate", lambda *a, **k: pytest.fail("model must not load"))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(wanflow.TrackingError, match="127.0.0.1:9"):
+        wanflow.render(RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=1), out_dir=tmp_path,
+                       tracking_uri="http://127.0.0.1:9", progress=False)
