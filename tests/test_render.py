@@ -161,7 +161,7 @@ def test_run_holds_params_tags_metrics_and_root_artifacts(tmp_path, store):
 
 
 def test_failed_render_ends_failed_with_the_error(tmp_path, store, monkeypatch):
-    render_module = importlib.import_module("wanflow.render")
+    render_module = importlib.import_module("wanflow.rendering")
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
@@ -188,7 +188,7 @@ def test_unwritable_out_dir_fails_before_any_run(tmp_path, store):
 
 
 def test_unreachable_tracking_server_fails_before_the_model_loads(tmp_path, monkeypatch):
-    render_module = importlib.import_module("wanflow.render")
+    render_module = importlib.import_module("wanflow.rendering")
 
     monkeypatch.setattr(render_module, "generate", lambda *a, **k: pytest.fail("model must not load"))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -26,8 +26,8 @@ _EXPORTS = {
     "LoadOptions": "wanflow.loading",
     "ModelNotFoundError": "wanflow.exceptions",
     "TrackingError": "wanflow.exceptions",
-    "RenderResult": "wanflow.render",
-    "render": "wanflow.render",
+    "RenderResult": "wanflow.rendering",
+    "render": "wanflow.rendering",
     "history": "wanflow.tracking",
 }
 

@@ -38,7 +38,7 @@ def _models(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     from wanflow.loading import LoadOptions
     from wanflow.presets import DEFAULT_PRESET
-    from wanflow.render import render
+    from wanflow.rendering import render
     from wanflow.spec import RenderSpec
 
     overrides = {

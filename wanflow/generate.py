@@ -2,7 +2,7 @@
 
 What it observes while the pipeline runs: time per stage (load, text encode, denoise, decode), peak memory, and
 which expert ran at each denoising step (forward hooks on ``transformer`` / ``transformer_2``, not assumed from the
-boundary). It knows nothing about files or MLflow (:mod:`wanflow.render` puts the pieces together).
+boundary). It knows nothing about files or MLflow (:mod:`wanflow.rendering` puts the pieces together).
 """
 
 from __future__ import annotations

@@ -143,6 +143,20 @@ _PRESETS: list[Preset] = [
         num_inference_steps=6, flow_shift=5.0, guidance_scale=3.5, guidance_scale_2=3.5,
         num_frames=9, fps=16, sizes=((64, 64),),
     ),
+    # Micro: trained by wanflow on procedural clips (wanflow.micro.train), shipped in wanflow/micro/weights.
+    # Settings measured on the held-out prompts (python -m wanflow.micro.evaluate; README "Micro models").
+    Preset(
+        name="micro-ti2v", kind="micro", **_TI2V,
+        description="micro model in the TI2V-5B structure, trained on procedural clips; renders in seconds on a CPU",
+        num_inference_steps=20, flow_shift=3.0, guidance_scale=4.0, guidance_scale_2=None,
+        num_frames=17, fps=8, sizes=((128, 128),), negative_prompt="",
+    ),
+    Preset(
+        name="micro-a14b", kind="micro", **_T2V_A14B,
+        description="micro model in the T2V-A14B structure (two experts), trained on procedural clips",
+        num_inference_steps=20, flow_shift=3.0, guidance_scale=4.0, guidance_scale_2=3.0,
+        num_frames=17, fps=8, sizes=((128, 128),), negative_prompt="",
+    ),
 ]
 
 PRESETS: dict[str, Preset] = {p.name: p for p in _PRESETS}

@@ -23,33 +23,41 @@ from wanflow.presets import Preset, Structure
 TINY_FORMAT = 1
 
 
-def build_vae(structure: Structure, base_dim: int = 8) -> AutoencoderKLWan:
+def build_vae(
+    structure: Structure, base_dim: int = 8, dim_mult: tuple[int, ...] = (1, 1, 1, 1), num_res_blocks: int = 1
+) -> AutoencoderKLWan:
     """A Wan VAE with random weights: the Wan2.2 VAE for ``ti2v-5b`` (z_dim 48, patch_size 2, 16x spatial,
     residual) or the Wan2.1 VAE for the A14B structures (z_dim 16, 8x spatial); 4x temporal for both
-    (``shared/RESEARCH.md`` §1). Latent mean 0 and std 1: the real per-channel statistics fit only real weights."""
+    (``shared/RESEARCH.md`` §1). Latent mean 0 and std 1: the real per-channel statistics fit only real weights.
+
+    ``dim_mult`` (channel multiplier per resolution level, 4 levels = 3 spatial downsamplings) and
+    ``num_res_blocks`` are exposed for the micro models (:mod:`wanflow.micro.train`); the defaults are the tiny ones."""
+    dim_mult = list(dim_mult)
     if structure == "ti2v-5b":
         return AutoencoderKLWan(
             base_dim=base_dim, decoder_base_dim=base_dim, z_dim=48, in_channels=12, out_channels=12,
-            is_residual=True, patch_size=2, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+            is_residual=True, patch_size=2, dim_mult=dim_mult, num_res_blocks=num_res_blocks,
             temperal_downsample=[False, True, True], latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
             scale_factor_spatial=16, scale_factor_temporal=4,
         )
     return AutoencoderKLWan(
-        base_dim=base_dim, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        base_dim=base_dim, z_dim=16, dim_mult=dim_mult, num_res_blocks=num_res_blocks,
         temperal_downsample=[False, True, True], latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
         scale_factor_spatial=8, scale_factor_temporal=4,
     )
 
 
 def build_transformer(
-    structure: Structure, text_dim: int, heads: int = 2, head_dim: int = 12, layers: int = 2, ffn_dim: int = 32
+    structure: Structure, text_dim: int, heads: int = 2, head_dim: int = 12, layers: int = 2, ffn_dim: int = 32,
+    freq_dim: int = 32,
 ) -> WanTransformer3DModel:
     """A ``WanTransformer3DModel`` with random weights: 48 in/out channels for ``ti2v-5b``, 16/16 for
-    ``t2v-a14b``, 36 in (noise 16 + mask 4 + image latents 16) / 16 out for ``i2v-a14b``."""
+    ``t2v-a14b``, 36 in (noise 16 + mask 4 + image latents 16) / 16 out for ``i2v-a14b``. ``freq_dim`` is the
+    width of the sinusoidal timestep embedding (256 in the real models)."""
     in_channels, out_channels = {"ti2v-5b": (48, 48), "t2v-a14b": (16, 16), "i2v-a14b": (36, 16)}[structure]
     return WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim,
-        in_channels=in_channels, out_channels=out_channels, text_dim=text_dim, freq_dim=32,
+        in_channels=in_channels, out_channels=out_channels, text_dim=text_dim, freq_dim=freq_dim,
         ffn_dim=ffn_dim, num_layers=layers, rope_max_seq_len=32,
     )
 

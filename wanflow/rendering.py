@@ -1,4 +1,4 @@
-"""One render, end to end: spec -> frames -> files -> MLflow run.
+"""One render, end to end: spec -> frames -> files -> MLflow run (the module behind ``wanflow.render``).
 
 :func:`render` is the one call the CLI, the notebooks and the replay use. Data flows one way:
 :func:`wanflow.generate.generate` makes the frames, :mod:`wanflow.media` writes the files,

@@ -1,0 +1,197 @@
+"""Held-out evaluation of the micro models: does a render show the prompt's background colour, object colour and
+motion (read from the frames by :func:`wanflow.quality.detect`)?
+
+    python -m wanflow.micro.evaluate                      # both models, held-out prompts x seeds 0..3, CPU
+    python -m wanflow.micro.evaluate --device cuda --json eval.json
+
+For ``micro-a14b`` it also renders the same prompts and seeds with one expert alone running the whole schedule
+(``transformer`` only = high-noise expert everywhere, ``transformer_2`` only), which is what "two experts pay"
+is measured against. Prompts are :data:`wanflow.micro.data.HELDOUT_PROMPTS`: combinations no training clip has.
+
+Renders are batched: one pipeline call renders every prompt of a seed with a list of CPU generators, each seeded
+with that seed, so each video gets the same noise as a single :func:`wanflow.generate.generate` render of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from wanflow.micro.data import HELDOUT_PROMPTS, parse_prompt
+from wanflow.presets import Preset, get_preset
+from wanflow.quality import detect
+from wanflow.text import MAX_SEQUENCE_LENGTH
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Render settings; ``None`` takes the preset's."""
+
+    num_inference_steps: int | None = None
+    flow_shift: float | None = None
+    guidance_scale: float | None = None
+    guidance_scale_2: float | None = None
+
+    def resolve(self, preset: Preset) -> "Settings":
+        return Settings(
+            self.num_inference_steps or preset.num_inference_steps,
+            self.flow_shift if self.flow_shift is not None else preset.flow_shift,
+            self.guidance_scale if self.guidance_scale is not None else preset.guidance_scale,
+            self.guidance_scale_2 if self.guidance_scale_2 is not None else preset.guidance_scale_2,
+        )
+
+
+def load(preset: Preset, device: str = "cpu", model_dir: str | None = None):
+    """The preset's text-to-video pipeline in float32 on ``device`` (through :func:`wanflow.loading.load_pipeline`)."""
+    from wanflow.loading import LoadOptions, load_pipeline
+
+    return load_pipeline(preset, "t2v", LoadOptions(device=device, dtype="float32", model_dir=model_dir)).pipe
+
+
+def single_expert(pipe, expert: str):
+    """The same two-expert pipeline with ``expert`` (``transformer`` or ``transformer_2``) running every step."""
+    from diffusers import WanPipeline
+
+    module = getattr(pipe, expert)
+    components = {**pipe.components, "transformer": module, "transformer_2": module}
+    variant = WanPipeline(**components, boundary_ratio=pipe.config.boundary_ratio,
+                          expand_timesteps=pipe.config.expand_timesteps)
+    variant.set_progress_bar_config(disable=True)
+    return variant
+
+
+def render_batch(pipe, preset: Preset, settings: Settings, prompts: list[str], seed: int) -> np.ndarray:
+    """Render ``prompts`` with one seed each (same noise as a single render with that seed): uint8 (B, F, H, W, 3)."""
+    from diffusers import UniPCMultistepScheduler
+
+    s = settings.resolve(preset)
+    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=s.flow_shift)
+    call = dict(
+        prompt=prompts, negative_prompt=[preset.negative_prompt] * len(prompts), height=preset.height,
+        width=preset.width, num_frames=preset.num_frames, num_inference_steps=s.num_inference_steps,
+        guidance_scale=s.guidance_scale, generator=[torch.Generator("cpu").manual_seed(seed) for _ in prompts],
+        output_type="np", max_sequence_length=MAX_SEQUENCE_LENGTH,
+    )
+    if preset.two_experts:
+        call["guidance_scale_2"] = s.guidance_scale_2
+    with torch.no_grad():
+        frames = pipe(**call).frames
+    return np.rint(np.clip(np.asarray(frames), 0, 1) * 255).astype(np.uint8)
+
+
+def score(frames: np.ndarray, prompt: str) -> dict[str, bool]:
+    """Background, object colour and motion of one video against its prompt, and ``all`` three right."""
+    want = parse_prompt(prompt)
+    found = detect(frames)
+    result = {
+        "background": found.background == want.background,
+        "colour": found.object_colour == want.colour,
+        "motion": found.direction == want.motion,
+    }
+    result["all"] = all(result.values())
+    return result
+
+
+def evaluate(pipe, preset: Preset, settings: Settings = Settings(), prompts: list[str] | None = None,
+             seeds: tuple[int, ...] = (0, 1, 2, 3), batch: int = 64) -> dict:
+    """Accuracy (0..1) of background, object colour, motion and all three over ``prompts`` x ``seeds``.
+
+    Returns ``{"background", "colour", "motion", "all", "n", "seconds", "settings", "failures"}``; ``failures``
+    lists up to 20 ``(prompt, seed, what was detected)``.
+    """
+    prompts = list(HELDOUT_PROMPTS if prompts is None else prompts)
+    started = time.perf_counter()
+    rows, failures = [], []
+    for seed in seeds:
+        for i in range(0, len(prompts), batch):
+            chunk = prompts[i : i + batch]
+            for prompt, frames in zip(chunk, render_batch(pipe, preset, settings, chunk, seed)):
+                row = score(frames, prompt)
+                rows.append(row)
+                if not row["all"] and len(failures) < 20:
+                    d = detect(frames)
+                    failures.append((prompt, seed, f"{d.object_colour} {d.direction} on {d.background}"))
+    keys = ("background", "colour", "motion", "all")
+    return {
+        **{k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys},
+        "n": len(rows),
+        "seconds": round(time.perf_counter() - started, 1),
+        "settings": settings.resolve(preset).__dict__,
+        "failures": failures,
+    }
+
+
+def evaluate_all(device: str = "cpu", seeds=(0, 1, 2, 3), weights: str | None = None, batch: int = 64,
+                 experts: bool = True, log=print) -> dict:
+    """Both micro models at their preset settings, plus micro-a14b's experts alone. ``weights`` is a folder holding
+    ``micro-ti2v/`` and ``micro-a14b/`` (default: the shipped ones)."""
+    results = {}
+    for name in ("micro-ti2v", "micro-a14b"):
+        preset = get_preset(name)
+        pipe = load(preset, device, f"{weights}/{name}" if weights else None)
+        results[name] = evaluate(pipe, preset, seeds=seeds, batch=batch)
+        log(name, {k: v for k, v in results[name].items() if k != "failures"})
+        if preset.two_experts and experts:
+            for expert in ("transformer", "transformer_2"):
+                key = f"{name}[{expert} only]"
+                results[key] = evaluate(single_expert(pipe, expert), preset, seeds=seeds, batch=batch)
+                log(key, {k: v for k, v in results[key].items() if k != "failures"})
+    return results
+
+
+#: Settings tried by :func:`grid` (steps fixed at the preset's).
+GRID = {
+    "micro-ti2v": [Settings(flow_shift=f, guidance_scale=g) for f in (1.0, 3.0, 5.0) for g in (1.0, 3.0, 5.0)],
+    "micro-a14b": [Settings(flow_shift=f, guidance_scale=g, guidance_scale_2=g2)
+                   for f in (3.0, 5.0, 12.0) for g, g2 in ((1.0, 1.0), (3.0, 3.0), (5.0, 4.0))],
+}
+
+
+def grid(device: str = "cpu", seeds=(0, 1), weights: str | None = None, batch: int = 128, log=print) -> dict:
+    """Held-out accuracy of each micro model over :data:`GRID` (how the presets' settings were chosen)."""
+    results = {}
+    for name, candidates in GRID.items():
+        preset = get_preset(name)
+        pipe = load(preset, device, f"{weights}/{name}" if weights else None)
+        for settings in candidates:
+            r = evaluate(pipe, preset, settings, seeds=seeds, batch=batch)
+            key = f"{name} shift={settings.flow_shift:g} cfg={settings.guidance_scale:g}/{settings.guidance_scale_2}"
+            results[key] = {k: v for k, v in r.items() if k != "failures"}
+            log(key, results[key])
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wanflow.micro.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--weights", help="folder with micro-ti2v/ and micro-a14b/ (default: the shipped weights)")
+    parser.add_argument("--batch", type=int, default=64, help="videos per pipeline call")
+    parser.add_argument("--no-experts", action="store_true", help="skip micro-a14b's single-expert runs")
+    parser.add_argument("--grid", action="store_true", help="try the settings in GRID instead (chooses presets)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    torch.set_grad_enabled(False)
+    if args.grid:
+        results = grid(args.device, tuple(args.seeds), args.weights, args.batch)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(results, fh, indent=2)
+        return 0
+    results = evaluate_all(args.device, tuple(args.seeds), args.weights, args.batch, not args.no_experts)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    for name, r in results.items():
+        print(f"{name:32s} background {r['background']:.1%}  colour {r['colour']:.1%}  motion {r['motion']:.1%}  "
+              f"all three {r['all']:.1%}  (n={r['n']}, {r['seconds']}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,573 @@
+"""Train the micro models (``micro-ti2v``, ``micro-a14b``) on the procedural clips and save them in Diffusers layout.
+
+    python -m wanflow.micro.train --device cuda --out wanflow/micro/weights --seed 0
+
+Stages, each a function below (the two-step CPU smoke of every stage is ``tests/test_micro_train.py``):
+
+1. **VAE per structure** (:func:`train_vae`): an ``AutoencoderKLWan`` in the Wan2.2 layout for ``micro-ti2v``
+   (z_dim 48, patch_size 2, 16x spatial, 4x temporal, residual) and in the Wan2.1 layout for ``micro-a14b``
+   (z_dim 16, 8x spatial, 4x temporal), trained as an autoencoder on procedural clips: L1 + MSE reconstruction
+   (object pixels weighted more, since the object is a few % of the frame) + a small KL to the unit Gaussian.
+   Then :func:`measure_latent_stats` measures the per-channel mean and std of the encoded data (posterior mean)
+   and writes them into the VAE config as ``latents_mean`` / ``latents_std``, which is how the real Wan VAEs ship
+   them and how diffusers' Wan pipelines normalise latents (``(z - mean) / std``).
+2. **Text encoder**: a small ``UMT5EncoderModel`` over the caption vocabulary (:mod:`wanflow.text`), trained
+   *jointly* with all three transformers through their flow-matching losses (:func:`train_transformers`). Why
+   trained and not a frozen random encoder: the captions differ by one word (``red`` vs ``green``); a random
+   two-layer encoder mixes every token into every position, so the transformer would have to untangle a random
+   projection from few examples. Trained jointly it learns separable colour / motion features at the cost of one
+   small extra forward per step. One encoder serves both models, as UMT5-XXL does for the real variants.
+3. **Transformers** (:func:`train_transformers`), flow matching as Wan trains: ``x_t = (1 - s) x0 + s eps``, target
+   velocity ``eps - x0``, ``s`` drawn uniformly in ``u`` and mapped through the shift transform
+   ``s = shift u / (1 + (shift - 1) u)``, timestep ``1000 s``, 10% of captions dropped to the empty prompt (so
+   classifier-free guidance with ``negative_prompt=""`` works). ``micro-a14b``: ``transformer`` sees only
+   ``t >= boundary_ratio * 1000`` (875), ``transformer_2`` only below. ``micro-ti2v`` gets per-token timesteps
+   (``expand_timesteps``); with probability :attr:`TrainConfig.p_i2v` the first latent frame is the clean latent
+   of the first video frame with per-token timestep 0 and is left out of the loss: the layout diffusers'
+   ``WanImageToVideoPipeline`` builds for TI2V (``first_frame_mask``; ``temp_ts = (mask[0][0][:, ::2, ::2] * t)
+   .flatten()``), so the same weights serve text- and image-to-video.
+
+Data are rendered on the fly (:func:`render_clips`, a vectorised torch port of
+:func:`wanflow.micro.data.render_clip`) from ``split="train"`` clips only: the held-out combinations
+(:data:`wanflow.micro.data.HELDOUT`) are never seen by any stage. Transformers train on a fixed set of encoded
+clips (:attr:`TrainConfig.num_clips`), encoded once with each trained VAE.
+
+Weights are an exponential moving average of the training weights, saved in float16 (the loader casts to the
+render dtype). Reproducibility: every random draw comes from ``--seed``; step counts are arguments. A stage may
+stop early at its ``--*-seconds`` budget; the log (``TRAINING.json``) records the steps actually run, and passing
+those step counts with no time budget reproduces the run (up to GPU nondeterminism).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wanflow import text, tiny
+from wanflow.micro import data
+from wanflow.micro.vocabulary import COLOURS, SHAPES
+
+#: Where the shipped weights live (one Diffusers folder per micro preset).
+WEIGHTS = Path(__file__).parent / "weights"
+#: Version string written to each folder's VERSION file (the loader records it as the model revision).
+FORMAT = "micro-v1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Sizes and hyper-parameters. :data:`FULL` is the shipped run; :data:`SMOKE` the two-step CPU test."""
+
+    width: int = 128
+    height: int = 128
+    num_frames: int = 17
+    # VAEs
+    vae_base_dim: int = 16
+    vae_dim_mult: tuple[int, ...] = (1, 2, 2, 2)
+    vae_steps: int = 1500
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    vae_kl: float = 1e-6
+    vae_object_weight: float = 4.0
+    stats_clips: int = 2048
+    # text encoder
+    text_dim: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    # transformers: (heads, head_dim, layers, ffn)
+    ti2v_transformer: tuple[int, int, int, int] = (4, 64, 4, 768)
+    a14b_transformer: tuple[int, int, int, int] = (3, 64, 4, 576)
+    freq_dim: int = 64
+    num_clips: int = 49152
+    transformer_steps: int = 8000
+    batch: int = 256
+    lr: float = 5e-4
+    warmup: int = 200
+    ema: float = 0.999
+    train_shift: float = 3.0
+    caption_dropout: float = 0.1
+    p_i2v: float = 0.25
+    boundary_ratio: float = 0.875
+    encode_batch: int = 256
+    # scheduler flow_shift saved in each folder (the preset passes its own at render time anyway)
+    ti2v_flow_shift: float = 5.0
+    a14b_flow_shift: float = 5.0
+
+
+FULL = TrainConfig()
+SMOKE = TrainConfig(
+    width=32, height=32, num_frames=5, vae_base_dim=4, vae_dim_mult=(1, 1, 1, 1), vae_steps=2, vae_batch=2,
+    stats_clips=4, text_dim=16, text_layers=1, text_heads=2, ti2v_transformer=(2, 8, 1, 32),
+    a14b_transformer=(2, 8, 1, 32), freq_dim=16, num_clips=8, transformer_steps=2, batch=4, warmup=1,
+    encode_batch=4,
+)
+
+
+# --- data ----------------------------------------------------------------------------------------------------
+
+
+def clip_tensors(clips: list[data.Clip], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The clips' parameters as tensors: ``fg``/``bg`` RGB (B, 3) 0..255, ``shape`` index (B,), ``direction``
+    (B, 2) unit motion, ``growing`` (B,) bool, ``start`` (B, 2) and ``size`` (B,) fractions."""
+    directions = {m: d for m, d in data._DIRECTIONS.items()}
+    as_t = lambda x, dt=torch.float32: torch.tensor(x, dtype=dt, device=device)  # noqa: E731
+    return {
+        "fg": as_t([COLOURS[c.colour] for c in clips]),
+        "bg": as_t([COLOURS[c.background] for c in clips]),
+        "shape": as_t([SHAPES.index(c.shape) for c in clips], torch.long),
+        "direction": as_t([directions[c.motion] for c in clips]),
+        "growing": as_t([c.motion == "growing" for c in clips], torch.bool),
+        "start": as_t([c.start for c in clips]),
+        "size": as_t([c.size for c in clips]),
+    }
+
+
+def render_clips(params: dict[str, torch.Tensor], width: int, height: int, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vectorised torch version of :func:`wanflow.micro.data.render_clip` (same geometry, anti-aliasing and
+    colour quantisation; float32 may move a rare edge pixel by one level).
+
+    Returns:
+        ``video`` (B, 3, F, H, W) float in [-1, 1] (the VAE's input range) and ``object_mask`` (B, 1, F, H, W)
+        float, 1 where the object covers the pixel at all.
+    """
+    device = params["fg"].device
+    t = torch.linspace(0.0, 1.0, num_frames, device=device) if num_frames > 1 else torch.zeros(1, device=device)
+    centres = params["start"][:, None, :] + params["direction"][:, None, :] * data.TRAVEL * t[None, :, None]
+    growth = torch.where(params["growing"][:, None], 1.0 + (data.GROWTH - 1.0) * t[None, :], torch.ones_like(t)[None, :])
+    radii = params["size"][:, None] * growth  # (B, F)
+    short = min(width, height)
+    cx = (centres[..., 0] * width)[..., None, None]
+    cy = (centres[..., 1] * height)[..., None, None]
+    r = (radii * short)[..., None, None]
+    dx = (torch.arange(width, device=device, dtype=torch.float32) + 0.5)[None, None, None, :] - cx
+    dy = (torch.arange(height, device=device, dtype=torch.float32) + 0.5)[None, None, :, None] - cy
+    circle = torch.sqrt(dx * dx + dy * dy) - r
+    square = torch.maximum(dx.abs(), dy.abs()) - r
+    half = r / 2
+    s = math.sqrt(3.0) / 2
+    triangle = torch.maximum(torch.maximum(dy - half, s * dx - 0.5 * dy - half), -s * dx - 0.5 * dy - half)
+    shape = params["shape"][:, None, None, None]
+    signed = torch.where(shape == 0, circle, torch.where(shape == 1, square, triangle))  # (B, F, H, W)
+    coverage = torch.round(torch.clamp(0.5 - signed, 0.0, 1.0) * 255) / 255
+    bg = params["bg"][:, :, None, None, None]
+    fg = params["fg"][:, :, None, None, None]
+    rgb = torch.round(bg + coverage[:, None] * (fg - bg))  # (B, 3, F, H, W), 0..255
+    return rgb / 127.5 - 1.0, (coverage[:, None] > 0).float()
+
+
+class ClipStream:
+    """Training clips drawn one after another from ``numpy.random.default_rng(seed)`` (``split="train"``)."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def take(self, n: int) -> list[data.Clip]:
+        return [data.sample_clip(self.rng, "train") for _ in range(n)]
+
+
+# --- stage 1: VAEs -------------------------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _plan_steps(requested: int, seconds: float | None, step_time: float, done: int) -> int:
+    """Steps to run: ``requested``, or fewer so the stage ends within ``seconds`` at the measured ``step_time``."""
+    if seconds is None or step_time <= 0:
+        return requested
+    return max(done, min(requested, int(seconds / step_time)))
+
+
+def train_vae(
+    structure: str, cfg: TrainConfig, seed: int, device: torch.device, seconds: float | None = None, log=print
+) -> tuple[torch.nn.Module, dict]:
+    """Stage 1: train one Wan VAE (``structure`` ``ti2v-5b`` or ``t2v-a14b``) as an autoencoder.
+
+    Loss per step: mean over pixels of ``w * (|x - x'| + (x - x')^2)`` with ``w = 1 + vae_object_weight`` on object
+    pixels, plus ``vae_kl`` times the mean KL of the posterior to N(0, 1). ``seconds`` caps the stage's wall time
+    (the plan is re-made after 20 timed steps). Returns the VAE (float32, train mode off) and a log dict.
+    """
+    torch.manual_seed(seed)
+    vae = tiny.build_vae(structure, base_dim=cfg.vae_base_dim, dim_mult=cfg.vae_dim_mult).to(device)
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0, betas=(0.9, 0.99))
+    stream = ClipStream(seed + 101)
+    total = cfg.vae_steps
+    started = time.perf_counter()
+    losses: list[float] = []
+    step = 0
+    while step < total:
+        for group in opt.param_groups:
+            group["lr"] = cfg.vae_lr * _lr_factor(step, total, min(100, total // 10 + 1))
+        clips = stream.take(cfg.vae_batch)
+        video, obj = render_clips(clip_tensors(clips, device), cfg.width, cfg.height, cfg.num_frames)
+        with _autocast(device):
+            posterior = vae.encode(video).latent_dist
+            z = posterior.mean + posterior.std * torch.randn_like(posterior.mean)
+            recon = vae.decode(z).sample
+        recon = recon.float()
+        weight = 1.0 + cfg.vae_object_weight * obj
+        diff = recon - video
+        rec = (weight * (diff.abs() + diff * diff)).mean()
+        mean, logvar = posterior.mean.float(), posterior.logvar.float()
+        kl = 0.5 * (mean * mean + logvar.exp() - 1.0 - logvar).mean()
+        loss = rec + cfg.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        losses.append(float(rec.detach()))
+        step += 1
+        if step == 20 and seconds is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            total = _plan_steps(total, seconds, (time.perf_counter() - started) / step, step)
+            log(f"[vae {structure}] planned {total} steps")
+        if step % 100 == 0 or step == total:
+            log(f"[vae {structure}] step {step}/{total} rec {np.mean(losses[-50:]):.4f} kl {float(kl):.2f} "
+                f"{time.perf_counter() - started:.0f}s")
+    vae.eval()
+    with torch.no_grad():  # PSNR on fresh clips, posterior mean
+        video, _ = render_clips(clip_tensors(ClipStream(seed + 999).take(cfg.vae_batch), device),
+                                cfg.width, cfg.height, cfg.num_frames)
+        with _autocast(device):
+            recon = vae.decode(vae.encode(video).latent_dist.mode()).sample.float()
+        mse = float(((recon - video) / 2).pow(2).mean())
+    result = {
+        "steps": step,
+        "seconds": round(time.perf_counter() - started, 1),
+        "final_rec_loss": float(np.mean(losses[-50:])),
+        "psnr_db": round(10 * math.log10(1.0 / max(mse, 1e-12)), 2),
+        "parameters": sum(p.numel() for p in vae.parameters()),
+    }
+    log(f"[vae {structure}] done {result}")
+    return vae, result
+
+
+@torch.no_grad()
+def encode_clips(vae, clips: list[data.Clip], cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    """Posterior means (argmax, as the pipelines encode an i2v image) of ``clips``, un-normalised: (N, C, f, h, w)."""
+    out = []
+    for i in range(0, len(clips), cfg.encode_batch):
+        video, _ = render_clips(clip_tensors(clips[i : i + cfg.encode_batch], device), cfg.width, cfg.height, cfg.num_frames)
+        with _autocast(device):
+            out.append(vae.encode(video).latent_dist.mode().float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def measure_latent_stats(vae, cfg: TrainConfig, seed: int, device: torch.device) -> dict:
+    """Per-channel mean and std of the encoded training clips, written into ``vae.config`` (``latents_mean``,
+    ``latents_std``) as the real Wan VAEs carry them. A channel's std is floored at 1e-3 so an unused channel
+    cannot blow up the normalised latents."""
+    latents = encode_clips(vae, ClipStream(seed + 202).take(cfg.stats_clips), cfg, device)
+    dims = (0, 2, 3, 4)
+    mean = latents.mean(dim=dims)
+    std = latents.std(dim=dims).clamp_min(1e-3)
+    vae.register_to_config(latents_mean=[round(float(v), 6) for v in mean], latents_std=[round(float(v), 6) for v in std])
+    return {"mean_abs": float(mean.abs().mean()), "std_min": float(std.min()), "std_max": float(std.max())}
+
+
+def normalise(latents: torch.Tensor, vae) -> torch.Tensor:
+    """``(z - latents_mean) / latents_std`` per channel, as diffusers' Wan pipelines do."""
+    shape = (1, -1, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean, device=latents.device).view(shape)
+    std = torch.tensor(vae.config.latents_std, device=latents.device).view(shape)
+    return (latents - mean) / std
+
+
+# --- stage 2 + 3: text encoder and transformers --------------------------------------------------------------
+
+
+def encode_text(text_encoder, ids: torch.Tensor, mask: torch.Tensor, length: int = text.MAX_SEQUENCE_LENGTH) -> torch.Tensor:
+    """What ``WanPipeline.encode_prompt`` gives the transformer: the encoder's states at the real tokens, zeros at
+    every padded position up to ``length`` (diffusers trims to the sequence length and pads with zeros)."""
+    states = text_encoder(ids, attention_mask=mask).last_hidden_state
+    states = states * mask[..., None].to(states.dtype)
+    return F.pad(states, (0, 0, 0, length - states.shape[1]))
+
+
+def sample_sigmas(n: int, shift: float, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
+    """Noise levels in [low, high]: ``u`` uniform on the pre-images, ``sigma = shift u / (1 + (shift - 1) u)``
+    (the flow-shift transform of Wan / SD3)."""
+    inverse = lambda s: s / (shift - (shift - 1) * s)  # noqa: E731
+    u = torch.rand(n, generator=generator, device=device) * (inverse(high) - inverse(low)) + inverse(low)
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def _ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
+    torch._foreach_lerp_(ema, params, 1.0 - decay)
+
+
+def train_transformers(
+    lat_ti2v: torch.Tensor,
+    lat_a14b: torch.Tensor,
+    caption_index: torch.Tensor,
+    captions: list[str],
+    cfg: TrainConfig,
+    seed: int,
+    device: torch.device,
+    seconds: float | None = None,
+    log=print,
+) -> tuple[dict[str, torch.nn.Module], dict]:
+    """Stages 2 and 3: train the text encoder and the three transformers jointly (one optimiser, one summed loss).
+
+    Args:
+        lat_ti2v: (N, 48, f, h, w) normalised latents of the clips under the micro-ti2v VAE.
+        lat_a14b: (N, 16, f, 2h, 2w) the same clips under the micro-a14b VAE.
+        caption_index: (N,) index into ``captions`` of each clip's caption.
+        captions: the caption table.
+
+    Returns:
+        ``{"text_encoder", "ti2v", "a14b_high", "a14b_low"}`` with EMA weights (float32, eval mode), and a log dict
+        with the final losses (mean of the last 100 steps, raw training weights).
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed + 303)
+    tokenizer = text.build_tokenizer()
+    tok = tokenizer(captions + [""], padding="longest", return_tensors="pt")
+    ids_table, mask_table = tok.input_ids.to(device), tok.attention_mask.to(device)
+    empty = len(captions)
+
+    heads, head_dim, layers, ffn = cfg.ti2v_transformer
+    models = {
+        "text_encoder": text.build_text_encoder(len(tokenizer), cfg.text_dim, cfg.text_layers, cfg.text_heads),
+        "ti2v": tiny.build_transformer("ti2v-5b", cfg.text_dim, heads, head_dim, layers, ffn, freq_dim=cfg.freq_dim),
+    }
+    heads, head_dim, layers, ffn = cfg.a14b_transformer
+    for name in ("a14b_high", "a14b_low"):
+        models[name] = tiny.build_transformer("t2v-a14b", cfg.text_dim, heads, head_dim, layers, ffn, freq_dim=cfg.freq_dim)
+    params = []
+    for m in models.values():
+        m.to(device).train()
+        params += [p for p in m.parameters() if p.requires_grad]
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99))
+
+    n = lat_ti2v.shape[0]
+    f, h, w = lat_ti2v.shape[2:]
+    tokens_per_frame = (h // 2) * (w // 2)
+    boundary = cfg.boundary_ratio
+    total = cfg.transformer_steps
+    started = time.perf_counter()
+    history: dict[str, list[float]] = {"ti2v": [], "a14b_high": [], "a14b_low": []}
+    step = 0
+
+    def flow(x0, sigma):
+        eps = torch.randn(x0.shape, generator=gen, device=device)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        return (1 - s) * x0 + s * eps, eps - x0
+
+    while step < total:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * _lr_factor(step, total, cfg.warmup)
+        idx = torch.randint(0, n, (cfg.batch,), generator=gen, device=device)
+        cap = caption_index[idx].clone()
+        cap[torch.rand(cfg.batch, generator=gen, device=device) < cfg.caption_dropout] = empty
+        with _autocast(device):
+            context = encode_text(models["text_encoder"], ids_table[cap], mask_table[cap])
+
+            # micro-ti2v: per-token timesteps; some samples are image-to-video (clean first frame, t = 0 there).
+            x0 = lat_ti2v[idx].float()
+            sigma = sample_sigmas(cfg.batch, cfg.train_shift, 0.0, 1.0, gen, device)
+            xt, target = flow(x0, sigma)
+            i2v = torch.rand(cfg.batch, generator=gen, device=device) < cfg.p_i2v
+            xt[:, :, 0] = torch.where(i2v.view(-1, 1, 1, 1), x0[:, :, 0], xt[:, :, 0])
+            timestep = (1000 * sigma)[:, None].expand(-1, f * tokens_per_frame).clone()
+            timestep[:, :tokens_per_frame] = torch.where(i2v[:, None], 0.0, timestep[:, :tokens_per_frame])
+            pred = models["ti2v"](xt, timestep, context, return_dict=False)[0].float()
+            weight = torch.ones_like(pred[:, :1])
+            weight[:, :, 0] = (~i2v).float().view(-1, 1, 1, 1)
+            loss_ti2v = ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[1])
+
+            # micro-a14b: the high-noise expert above the boundary, the low-noise expert below.
+            x0 = lat_a14b[idx].float()
+            losses = {}
+            for name, low, high in (("a14b_high", boundary, 1.0), ("a14b_low", 0.0, boundary)):
+                sigma = sample_sigmas(cfg.batch, cfg.train_shift, low, high, gen, device)
+                xt, target = flow(x0, sigma)
+                pred = models[name](xt, 1000 * sigma, context, return_dict=False)[0].float()
+                losses[name] = ((pred - target) ** 2).mean()
+        loss = loss_ti2v + losses["a14b_high"] + losses["a14b_low"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            _ema_update(ema, params, min(cfg.ema, (1 + step) / (10 + step)))
+        history["ti2v"].append(float(loss_ti2v.detach()))
+        history["a14b_high"].append(float(losses["a14b_high"].detach()))
+        history["a14b_low"].append(float(losses["a14b_low"].detach()))
+        step += 1
+        if step == 30 and seconds is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            total = _plan_steps(total, seconds, (time.perf_counter() - started) / step, step)
+            log(f"[transformers] planned {total} steps")
+        if step % 250 == 0 or step == total:
+            log(f"[transformers] step {step}/{total} " + " ".join(
+                f"{k} {np.mean(v[-100:]):.4f}" for k, v in history.items()) + f" {time.perf_counter() - started:.0f}s")
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    for m in models.values():
+        m.eval()
+    result = {
+        "steps": step,
+        "seconds": round(time.perf_counter() - started, 1),
+        "final_loss": {k: round(float(np.mean(v[-100:])), 5) for k, v in history.items()},
+        "parameters": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
+    }
+    log(f"[transformers] done {result}")
+    return models, result
+
+
+# --- assembling and saving -----------------------------------------------------------------------------------
+
+
+def assemble(models: dict, vaes: dict, cfg: TrainConfig) -> dict:
+    """The two pipelines, as the Diffusers conversions of the real variants declare them: ``micro-ti2v`` a
+    ``WanPipeline`` with one transformer and ``expand_timesteps=True``; ``micro-a14b`` a ``WanPipeline`` with
+    ``transformer`` (high noise), ``transformer_2`` (low noise) and ``boundary_ratio``."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    def scheduler(shift):
+        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                       num_train_timesteps=1000, flow_shift=shift)
+
+    tokenizer = text.build_tokenizer()
+    return {
+        "micro-ti2v": WanPipeline(
+            tokenizer=tokenizer, text_encoder=models["text_encoder"], vae=vaes["ti2v-5b"],
+            scheduler=scheduler(cfg.ti2v_flow_shift), transformer=models["ti2v"], transformer_2=None,
+            boundary_ratio=None, expand_timesteps=True,
+        ),
+        "micro-a14b": WanPipeline(
+            tokenizer=tokenizer, text_encoder=models["text_encoder"], vae=vaes["t2v-a14b"],
+            scheduler=scheduler(cfg.a14b_flow_shift), transformer=models["a14b_high"],
+            transformer_2=models["a14b_low"], boundary_ratio=cfg.boundary_ratio, expand_timesteps=False,
+        ),
+    }
+
+
+def save(pipes: dict, out: Path, seed: int, log_record: dict, dtype: torch.dtype = torch.float16) -> dict[str, int]:
+    """Save each pipeline to ``out/<preset>`` (safetensors, ``dtype``), with ``VERSION`` and ``TRAINING.json``.
+    Returns the bytes written per folder."""
+    import copy
+
+    sizes = {}
+    stamp = time.strftime("%Y-%m-%d")
+    for name, pipe in pipes.items():
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = copy.deepcopy(pipe).to("cpu", dtype)
+        saved.save_pretrained(folder, safe_serialization=True)
+        (folder / "VERSION").write_text(f"{FORMAT} seed={seed} {stamp}\n")
+        (folder / "TRAINING.json").write_text(json.dumps(log_record, indent=2, default=str) + "\n")
+        sizes[name] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return sizes
+
+
+def run(
+    cfg: TrainConfig, out: Path, seed: int, device: torch.device, budgets: dict | None = None, log=print,
+    vae_steps: dict[str, int] | None = None,
+) -> dict:
+    """All stages, end to end; returns the training record (also written into each folder's ``TRAINING.json``).
+    ``vae_steps`` overrides ``cfg.vae_steps`` per structure; ``budgets`` caps ``vae`` (each) and ``transformers``
+    wall seconds."""
+    budgets = budgets or {}
+    started = time.perf_counter()
+    record: dict = {"command": " ".join(["python -m wanflow.micro.train", *sys.argv[1:]]), "seed": seed,
+                    "config": asdict(cfg), "device": str(device), "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
+    vaes = {}
+    for structure in ("ti2v-5b", "t2v-a14b"):
+        vae_cfg = replace(cfg, vae_steps=vae_steps[structure]) if vae_steps else cfg
+        vae, result = train_vae(structure, vae_cfg, seed, device, budgets.get("vae"), log)
+        result["latent_stats"] = measure_latent_stats(vae, cfg, seed, device)
+        record[f"vae_{structure}"] = result
+        vaes[structure] = vae
+
+    t0 = time.perf_counter()
+    clips = ClipStream(seed + 404).take(cfg.num_clips)
+    captions = sorted({c.caption for c in clips})
+    caption_index = torch.tensor([captions.index(c.caption) for c in clips], device=device)
+    lat_ti2v = normalise(encode_clips(vaes["ti2v-5b"], clips, cfg, device), vaes["ti2v-5b"]).to(torch.bfloat16)
+    lat_a14b = normalise(encode_clips(vaes["t2v-a14b"], clips, cfg, device), vaes["t2v-a14b"]).to(torch.bfloat16)
+    record["encode_seconds"] = round(time.perf_counter() - t0, 1)
+    log(f"[encode] {cfg.num_clips} clips, {len(captions)} captions, {record['encode_seconds']}s, "
+        f"ti2v {tuple(lat_ti2v.shape)} a14b {tuple(lat_a14b.shape)}")
+
+    models, result = train_transformers(lat_ti2v, lat_a14b, caption_index, captions, cfg, seed, device,
+                                        budgets.get("transformers"), log)
+    record["transformers"] = result
+    record["wall_seconds"] = round(time.perf_counter() - started, 1)
+    record["reproduce"] = (f"python -m wanflow.micro.train --seed {seed} --vae-steps "
+                           f"{record['vae_ti2v-5b']['steps']},{record['vae_t2v-a14b']['steps']} "
+                           f"--transformer-steps {result['steps']}")
+    sizes = save(assemble(models, vaes, cfg), out, seed, record)
+    record["bytes"] = sizes
+    log(f"[save] {out}: {sizes}; wall {record['wall_seconds']}s")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m wanflow.micro.train",
+        description="Train the micro models (VAEs, text encoder, transformers) on procedural clips and save them "
+                    "as Diffusers folders micro-ti2v/ and micro-a14b/.",
+    )
+    parser.add_argument("--out", type=Path, default=WEIGHTS, help="folder that receives micro-ti2v/ and micro-a14b/")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and two steps per stage (CPU, seconds)")
+    parser.add_argument("--vae-steps", help="VAE steps: one number, or 'ti2v,a14b'")
+    parser.add_argument("--transformer-steps", type=int, help="joint text-encoder + transformer steps")
+    parser.add_argument("--num-clips", type=int, help="encoded clips the transformers train on")
+    parser.add_argument("--vae-seconds", type=float, help="stop each VAE stage by this wall time (budgeted runs)")
+    parser.add_argument("--transformer-seconds", type=float, help="stop the transformer stage by this wall time")
+    args = parser.parse_args(argv)
+
+    cfg = SMOKE if args.smoke else FULL
+    if args.transformer_steps:
+        cfg = replace(cfg, transformer_steps=args.transformer_steps)
+    if args.num_clips:
+        cfg = replace(cfg, num_clips=args.num_clips)
+    vae_steps = None
+    if args.vae_steps:
+        parts = [int(v) for v in args.vae_steps.split(",")]
+        vae_steps = parts if len(parts) == 2 else parts * 2
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    budgets = {"vae": args.vae_seconds, "transformers": args.transformer_seconds}
+
+    def log(msg):
+        print(msg, flush=True)
+
+    steps = None if vae_steps is None else {"ti2v-5b": vae_steps[0], "t2v-a14b": vae_steps[1]}
+    run(cfg, args.out, args.seed, device, budgets, log, vae_steps=steps)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
