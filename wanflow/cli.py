@@ -3,6 +3,7 @@
     wanflow models                        the presets and their official settings
     wanflow render PROMPT [--model NAME]  render one video, log one MLflow run
     wanflow history                       past renders as a table
+    wanflow lock RUN_ID --name NAME       lock a draft; `wanflow unlock NAME`, `wanflow locks`
     wanflow ui                            the MLflow UI for the project's store, on 127.0.0.1
 """
 
@@ -59,6 +60,12 @@ def _render(args: argparse.Namespace) -> int:
             raise SystemExit("error: prompt: give a PROMPT, or --spec FILE to re-render a saved spec.json")
         fields = {"preset": DEFAULT_PRESET, **given}
     spec = RenderSpec.model_validate(fields)
+    if args.quiet:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
     options = LoadOptions(
         device=args.device, dtype="bfloat16" if args.convert_model_dtype else args.dtype,
         offload_model=args.offload_model, t5_cpu=args.t5_cpu, model_dir=args.model_dir,
@@ -94,6 +101,37 @@ def _history(args: argparse.Namespace) -> int:
     if "prompt" in view:
         view["prompt"] = view["prompt"].str.replace("\n", " ").str.slice(0, 50)
     print(view.to_string(index=False))
+    return 0
+
+
+def _lock(args: argparse.Namespace) -> int:
+    from wanflow.locks import lock
+
+    held = lock(args.run_id, args.name, args.tracking_uri, force=args.force)
+    print(f"locked {held.run_id} as {held.name!r}: {held.spec.preset}, seed {held.spec.seed}, "
+          f"{held.spec.prompt[:60]!r}")
+    return 0
+
+
+def _unlock(args: argparse.Namespace) -> int:
+    from wanflow.locks import unlock
+
+    print(f"unlocked {args.name!r} (run {unlock(args.name, args.tracking_uri)})")
+    return 0
+
+
+def _locks(args: argparse.Namespace) -> int:
+    from wanflow.locks import list_locks
+
+    table = list_locks(args.tracking_uri)
+    if args.json:
+        print(table.to_json(orient="records", indent=2))
+    elif table.empty:
+        print("no locks yet: `wanflow lock RUN_ID --name NAME` locks a draft (run ids: `wanflow history`)")
+    else:
+        view = table.drop(columns=["artifact_uri"])
+        view["prompt"] = view["prompt"].str.replace("\n", " ").str.slice(0, 50)
+        print(view.to_string(index=False))
     return 0
 
 
@@ -163,6 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--tracking-uri", help="MLflow store (default: as for render)")
     h.set_defaults(func=_history)
 
+    lk = sub.add_parser("lock", help="lock a draft for final rendering")
+    lk.add_argument("run_id", help="the draft's MLflow run id (see `wanflow history`)")
+    lk.add_argument("--name", required=True, help="lock name: letters, digits, '_', '.', '-' (max 64)")
+    lk.add_argument("--force", action="store_true", help="move the name if another run holds it")
+    lk.add_argument("--tracking-uri", help="MLflow store (default: as for render)")
+    lk.set_defaults(func=_lock)
+
+    ul = sub.add_parser("unlock", help="remove a lock")
+    ul.add_argument("name")
+    ul.add_argument("--tracking-uri", help="MLflow store (default: as for render)")
+    ul.set_defaults(func=_unlock)
+
+    ls = sub.add_parser("locks", help="list locks")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument("--tracking-uri", help="MLflow store (default: as for render)")
+    ls.set_defaults(func=_locks)
+
     u = sub.add_parser("ui", help="open the MLflow UI on the project's store")
     u.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     u.add_argument("--port", type=int, default=5000)
@@ -179,11 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     from wanflow.spec import explain
 
     args = build_parser().parse_args(argv)
+    # transformers warns at import about optional image backends the Wan pipelines don't use
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         return args.func(args)
     except ValidationError as err:
         print("error: invalid render settings:\n  " + explain(err).replace("\n", "\n  "), file=sys.stderr)
     except (ModelNotFoundError, TrackingError, PermissionError, ValueError, FileNotFoundError) as err:
+        # LockError and bad device/dtype/stage are ValueErrors whose message starts with the field
         print(f"error: {err}", file=sys.stderr)
     except json.JSONDecodeError as err:
         print(f"error: spec: not valid JSON ({err})", file=sys.stderr)

@@ -155,6 +155,8 @@ def history(tracking_uri: str | None = None, max_results: int = 1000, stage: str
     Raises:
         TrackingError: the store cannot be reached.
     """
+    if stage not in (None, "draft", "final"):
+        raise ValueError(f"stage: {stage!r} is not one of draft, final")
     client, experiment_id = client_and_experiment(tracking_uri)
     query = f"tags.stage = '{stage}'" if stage else ""
     runs = client.search_runs([experiment_id], filter_string=query, max_results=max_results,
