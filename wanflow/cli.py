@@ -4,6 +4,8 @@
     wanflow render PROMPT [--model NAME]  render one video, log one MLflow run
     wanflow history                       past renders as a table
     wanflow lock RUN_ID --name NAME       lock a draft; `wanflow unlock NAME`, `wanflow locks`
+    wanflow replay [--locks NAMES]        render locks on the final model through notebooks/02_render.ipynb
+    wanflow compare LOCK_OR_RUN_IDS       a draft and its finals side by side (tables, keyframe grid, UI link)
     wanflow ui                            the MLflow UI for the project's store, on 127.0.0.1
 """
 
@@ -135,6 +137,44 @@ def _locks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from wanflow.compare import compare
+
+    result = compare(args.targets, args.tracking_uri, args.out, ui_base=args.ui)
+    if args.json:
+        print(json.dumps({
+            "runs": [{"run_id": r.run_id, "label": r.label, "stage": r.stage, "status": r.status} for r in result.runs],
+            "settings": json.loads(result.settings.to_json(orient="index")),
+            "metrics": json.loads(result.metrics.to_json(orient="index")),
+            "grid": str(result.grid) if result.grid else None,
+            "previews": {label: str(path) for label, path in result.previews.items()},
+            "ui_url": result.ui_url,
+        }, indent=2, ensure_ascii=False))
+        return 0
+    import pandas as pd
+
+    with pd.option_context("display.max_colwidth", 40, "display.width", 200):
+        print(f"{len(result.runs)} run(s)\n\nsettings that differ:\n{result.settings.to_string()}")
+        if not result.metrics.empty:
+            print(f"\nmetrics:\n{result.metrics.round(3).to_string()}")
+    print(f"\nkeyframes: {result.grid or '(no contact sheets)'}")
+    print(f"MLflow UI (`wanflow ui`): {result.ui_url}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from wanflow.replay import replay
+
+    names = [n for item in args.locks for n in item.split(",") if n] if args.locks else None
+    summary = replay(
+        names, final_preset=args.model, mode=args.mode, strength=args.strength, frame_index=args.frame,
+        seed=args.seed, steps=args.steps, width=args.width, height=args.height, num_frames=args.frames,
+        force=args.force, tracking_uri=args.tracking_uri, out_dir=args.out, notebook=args.notebook,
+        device=args.device, dtype=args.dtype,
+    )
+    return summary.exit_code
+
+
 def _ui(args: argparse.Namespace) -> int:
     from wanflow.tracking import client_and_experiment, resolve_tracking_uri
 
@@ -217,6 +257,44 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--tracking-uri", help="MLflow store (default: as for render)")
     ls.set_defaults(func=_locks)
+
+    cp = sub.add_parser("compare", help="a draft and its finals side by side",
+                        description="Compare renders: a lock name gives its draft and every finished final made "
+                                    "from it; run ids give those runs. Without arguments: the newest lock.")
+    cp.add_argument("targets", nargs="*", metavar="LOCK_OR_RUN_ID", help="lock names and/or MLflow run ids")
+    cp.add_argument("--out", metavar="DIR", help="folder for keyframes.png (default: outputs/compare-<time>)")
+    cp.add_argument("--ui", default="http://127.0.0.1:5000", help="MLflow UI address for the Compare link")
+    cp.add_argument("--json", action="store_true", help="machine-readable output")
+    cp.add_argument("--tracking-uri", help="MLflow store (default: as for render)")
+    cp.set_defaults(func=_compare)
+
+    from wanflow.presets import PRESETS  # no torch: cheap
+
+    rp = sub.add_parser("replay", help="render locks on the final model (papermill runs of 02_render.ipynb)",
+                        description="Render each lock on the final model by running notebooks/02_render.ipynb "
+                                    "through papermill. A lock with a FINISHED final of the same final spec is "
+                                    "skipped unless --force; a failing lock is recorded (run FAILED, notebook "
+                                    "attached) and the batch goes on. Exit status 1 if any lock failed.")
+    rp.add_argument("--locks", nargs="+", metavar="NAME", help="lock names (space or comma separated; default: all)")
+    rp.add_argument("--model", choices=list(PRESETS), metavar="PRESET",
+                    help="final preset (default: t2v-a14b; i2v-a14b for --mode first-frame)")
+    rp.add_argument("--mode", default="fresh", choices=["fresh", "first-frame", "draft-v2v"],
+                    help="how the draft carries over (default fresh)")
+    rp.add_argument("--strength", type=float, default=0.5, help="draft-v2v: 0 < strength <= 1 (default 0.5)")
+    rp.add_argument("--frame", type=int, default=0, help="first-frame: the draft frame to start from (default 0)")
+    rp.add_argument("--seed", type=int, help="final seed (default: a new one per lock; seeds never carry over)")
+    rp.add_argument("--steps", type=int, help="num_inference_steps (default: the final preset's)")
+    rp.add_argument("--width", type=int, help="width in pixels (default: the final preset's)")
+    rp.add_argument("--height", type=int, help="height in pixels (default: the final preset's)")
+    rp.add_argument("--frames", type=int, help="num_frames, 4k+1 (default: the final preset's)")
+    rp.add_argument("--force", action="store_true", help="render again locks that already have this final")
+    rp.add_argument("--out", metavar="DIR", default="outputs/replay", help="output folder (default outputs/replay)")
+    rp.add_argument("--notebook", metavar="PATH", default=None, help="the final-render notebook "
+                    "(default: notebooks/02_render.ipynb of this checkout)")
+    rp.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N")
+    rp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    rp.add_argument("--tracking-uri", help="MLflow store (default: as for render)")
+    rp.set_defaults(func=_replay)
 
     u = sub.add_parser("ui", help="open the MLflow UI on the project's store")
     u.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")

@@ -7,6 +7,7 @@ boundary). It knows nothing about files or MLflow (:mod:`wanflow.rendering` puts
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import time
@@ -22,6 +23,7 @@ from wanflow.loading import LoadOptions, ModelSource, load_pipeline
 from wanflow.media import to_uint8
 from wanflow.spec import RenderSpec
 from wanflow.text import MAX_SEQUENCE_LENGTH
+from wanflow.video2video import Guidance, experts_of, input_frames
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,9 @@ def generate(
         progress: show a tqdm bar over denoising steps.
 
     Noise comes from a CPU ``torch.Generator`` seeded with ``spec.seed`` (diffusers' advice for reproducible
-    noise across devices). CFG runs only when ``guidance_scale > 1`` (as in diffusers).
+    noise across devices). CFG runs only when ``guidance_scale > 1`` (as in diffusers). Video-to-video
+    (``spec.video``) runs ``spec.denoising_steps`` steps through :mod:`wanflow.video2video`, which routes each step
+    to the expert of its timestep and runs CFG there.
 
     Raises:
         ModelNotFoundError, ValueError: from :func:`wanflow.loading.load_pipeline`.
@@ -138,11 +142,11 @@ def generate(
     ran: list[str] = []
     hooks = [
         module.register_forward_pre_hook(lambda *_, name=name: ran.append(name))
-        for name in ("transformer", "transformer_2")
-        if (module := getattr(pipe, name, None)) is not None
+        for name, module in experts_of(pipe).items()
     ]
     raw_steps: list[tuple[int, torch.Tensor, str]] = []
-    bar = tqdm(total=spec.num_inference_steps, desc=f"{spec.preset} denoise", unit="step", disable=not progress,
+    total = spec.denoising_steps
+    bar = tqdm(total=total, desc=f"{spec.preset} denoise", unit="step", disable=not progress,
                leave=False, file=sys.stderr)
     marks = {"denoise_end": None}
     boundary = preset.boundary_ratio * 1000 if preset.two_experts else None
@@ -152,12 +156,12 @@ def generate(
         ran.clear()
         raw_steps.append((i, t, expert))
         bar.update(1)
-        if i == spec.num_inference_steps - 1:
+        if i == total - 1:
             _sync(device)
             marks["denoise_end"] = time.perf_counter()
         if on_step is not None:
             scale = spec.guidance_scale if expert != "transformer_2" else spec.guidance_scale_2
-            on_step(StepEvent(i, spec.num_inference_steps, float(t), expert, scale))
+            on_step(StepEvent(i, total, float(t), expert, scale))
         return {}
 
     call = dict(
@@ -173,14 +177,24 @@ def generate(
         callback_on_step_end=on_step_end,
         max_sequence_length=MAX_SEQUENCE_LENGTH,
     )
-    if preset.two_experts:
+    guided = contextlib.nullcontext()
+    if spec.task == "v2v":
+        # WanVideoToVideoPipeline knows one transformer: its router picks the expert and runs CFG (video2video.py)
+        del call["num_frames"], call["negative_prompt_embeds"]
+        call.update(video=input_frames(spec.video, spec.num_frames, spec.width, spec.height),
+                    strength=spec.strength, guidance_scale=1.0)
+        guided = pipe.transformer.guide(Guidance(negative_embeds, spec.guidance_scale,
+                                                 spec.guidance_scale if spec.guidance_scale_2 is None
+                                                 else spec.guidance_scale_2))
+    elif preset.two_experts:
         call["guidance_scale_2"] = spec.guidance_scale_2
     if spec.task == "i2v":
         with Image.open(spec.image) as img:
             call["image"] = img.convert("RGB")
     started = time.perf_counter()
     try:
-        output = pipe(**call)
+        with guided:
+            output = pipe(**call)
     finally:
         bar.close()
         for hook in hooks:
@@ -194,7 +208,7 @@ def generate(
     for i, t, expert in raw_steps:
         t = float(t)
         low_noise = boundary is not None and t < boundary
-        steps.append(StepEvent(i, spec.num_inference_steps, t, expert,
+        steps.append(StepEvent(i, total, t, expert,
                                spec.guidance_scale_2 if low_noise else spec.guidance_scale))
     peak, kind = _peak_memory(device)
     return Generation(

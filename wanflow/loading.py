@@ -210,9 +210,23 @@ def _place(pipe: DiffusionPipeline, options: LoadOptions) -> None:
         pipe.text_encoder.to("cpu")
 
 
-def load_pipeline(preset: Preset, task: Literal["t2v", "i2v"], options: LoadOptions | None = None) -> LoadedPipeline:
+def _share(cls, base: DiffusionPipeline) -> DiffusionPipeline:
+    """A ``cls`` pipeline over ``base``'s modules and config. Not ``from_pipe``: it ends with ``.to(dtype)``
+    (float32 unless told), which would cast the shared bfloat16 weights in place (and the modules diffusers keeps
+    in float32 with them)."""
+    expected, optional = cls._get_signature_keys(cls)
+    kwargs = {name: base.components[name] for name in expected if name in base.components}
+    kwargs.update({name: base.config[name] for name in optional if name in base.config})
+    pipe = cls(**kwargs)
+    pipe._exclude_from_cpu_offload = list(getattr(base, "_exclude_from_cpu_offload", []))
+    return pipe
+
+
+def load_pipeline(preset: Preset, task: Literal["t2v", "i2v", "v2v"], options: LoadOptions | None = None) -> LoadedPipeline:
     """The pipeline for ``preset`` and ``task``: ``WanPipeline`` for text-to-video, ``WanImageToVideoPipeline``
-    for image-to-video (TI2V-5B's one set of weights serves both, shared through ``from_pipe``).
+    for image-to-video (TI2V-5B's one set of weights serves both, sharing the modules), ``WanVideoToVideoPipeline``
+    for video-to-video on the text-to-video A14B structure (its experts behind a
+    :class:`wanflow.video2video.ExpertRouter`).
 
     The last loaded model stays in memory: a second call with the same preset and options (only the prompt or seed
     changed) returns it without reloading (``from_cache=True``, ``load_seconds`` ~0).
@@ -248,8 +262,12 @@ def load_pipeline(preset: Preset, task: Literal["t2v", "i2v"], options: LoadOpti
         _cache.pipes = {"i2v" if isinstance(base, WanImageToVideoPipeline) else "t2v": base}
     if task not in _cache.pipes:
         other = next(iter(_cache.pipes.values()))
-        cls = WanImageToVideoPipeline if task == "i2v" else WanPipeline
-        pipe = cls.from_pipe(other)
+        if task == "v2v":
+            from wanflow.video2video import build_pipeline as build_video2video
+
+            pipe = build_video2video(_cache.pipes.get("t2v", other))
+        else:
+            pipe = _share(WanImageToVideoPipeline if task == "i2v" else WanPipeline, other)
         pipe.set_progress_bar_config(disable=True)
         _cache.pipes[task] = pipe
     return LoadedPipeline(_cache.pipes[task], source, options, time.perf_counter() - started, False)

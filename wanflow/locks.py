@@ -134,7 +134,7 @@ def get_lock(name: str, tracking_uri: str | None = None) -> Lock:
 
 
 def list_locks(tracking_uri: str | None = None) -> pd.DataFrame:
-    """All locks, oldest first: columns ``name``, ``run_id``, ``preset``, ``seed``, ``prompt``, ``locked_at``,
+    """All locks, oldest first (then by name): columns ``name``, ``run_id``, ``preset``, ``seed``, ``prompt``, ``locked_at``,
     ``artifact_uri`` (settings come from the run's params, so listing downloads nothing)."""
     client, experiment_id = client_and_experiment(tracking_uri)
     runs = client.search_runs([experiment_id], filter_string=f"tags.{LOCK_TAG} != ''", max_results=5000)
@@ -151,4 +151,4 @@ def list_locks(tracking_uri: str | None = None) -> pd.DataFrame:
         for run in runs
     ]
     columns = ["name", "run_id", "preset", "seed", "prompt", "locked_at", "artifact_uri"]
-    return pd.DataFrame(rows, columns=columns).sort_values("locked_at", kind="stable").reset_index(drop=True)
+    return pd.DataFrame(rows, columns=columns).sort_values(["locked_at", "name"], kind="stable").reset_index(drop=True)

@@ -148,7 +148,7 @@ def render(
 
 def _metrics(generation: Generation, timings: dict[str, float], spec: RenderSpec) -> dict[str, float]:
     metrics = {f"{stage}_s": seconds for stage, seconds in timings.items()}
-    metrics["s_per_step"] = timings["denoise"] / max(1, spec.num_inference_steps)
+    metrics["s_per_step"] = timings["denoise"] / max(1, spec.denoising_steps)
     metrics["peak_memory_gib"] = generation.peak_memory_gib
     for expert in ("transformer", "transformer_2"):
         metrics[f"steps_{expert}"] = sum(1 for s in generation.steps if s.expert == expert)

@@ -34,6 +34,12 @@ LIMITS = {
     "fps": (1, 120),
 }
 
+#: Video-to-video strength when a spec gives ``video`` but no ``strength``: diffusers' ``WanVideoToVideoPipeline``
+#: default.
+DEFAULT_STRENGTH = 0.8
+#: Fields added after version 1 are left out of the canonical JSON while unset, so older specs keep their ids.
+_OPTIONAL_FIELDS = ("video", "video_sha256", "strength")
+
 
 class Adapter(BaseModel):
     """A LoRA adapter to apply to the experts (room for later; rendering with adapters is not implemented yet).
@@ -55,6 +61,9 @@ class RenderSpec(BaseModel):
     seed, stored in the spec. Pixel sizes are ``width`` x ``height``; ``num_frames`` counts output frames and must
     be 4k+1 (the VAE compresses time 4x: latent frames = (num_frames - 1) // 4 + 1); ``fps`` is the mp4's frame
     rate. ``image`` is a path to the first frame for image-to-video; its SHA-256 is recorded in ``image_sha256``.
+    ``video`` is a path to an input video for video-to-video (SHA-256 in ``video_sha256``), re-noised to
+    ``strength`` (0 < strength <= 1; the first ``1 - strength`` of the denoising steps are skipped); its frames
+    are picked evenly to ``num_frames`` and resized to ``width`` x ``height`` (:func:`wanflow.video2video.input_frames`).
 
     Raises:
         pydantic.ValidationError (a ValueError): one line per bad field, ``field: what is wrong; what is
@@ -78,6 +87,9 @@ class RenderSpec(BaseModel):
     fps: int | None = None
     image: str | None = None
     image_sha256: str | None = None
+    video: str | None = None
+    video_sha256: str | None = None
+    strength: float | None = None
     adapters: tuple[Adapter, ...] = Field(default=())
 
     @model_validator(mode="before")
@@ -109,8 +121,11 @@ class RenderSpec(BaseModel):
                 data[key] = value
         if data.get("seed") is None:
             data["seed"] = secrets.randbelow(MAX_SEED + 1)
-        if isinstance(data.get("image"), os.PathLike):
-            data["image"] = os.fspath(data["image"])
+        for key in ("image", "video"):
+            if isinstance(data.get(key), os.PathLike):
+                data[key] = os.fspath(data[key])
+        if data.get("video") is not None and data.get("strength") is None:
+            data["strength"] = DEFAULT_STRENGTH
         return data
 
     @model_validator(mode="after")
@@ -119,14 +134,17 @@ class RenderSpec(BaseModel):
         problems = _problems(self, preset)
         if problems:
             raise ValueError("\n".join(f"{field}: {message}" for field, message in problems))
-        if self.image is not None:
-            digest = _sha256(Path(self.image))
-            if self.image_sha256 is not None and self.image_sha256 != digest:
+        for field in ("image", "video"):
+            path = getattr(self, field)
+            if path is None:
+                continue
+            digest, recorded = _sha256(Path(path)), getattr(self, f"{field}_sha256")
+            if recorded is not None and recorded != digest:
                 raise ValueError(
-                    f"image: {self.image} changed since this spec was made (sha256 {digest[:12]}..., "
-                    f"spec says {self.image_sha256[:12]}...); use the original image or drop image_sha256"
+                    f"{field}: {path} changed since this spec was made (sha256 {digest[:12]}..., "
+                    f"spec says {recorded[:12]}...); use the original {field} or drop {field}_sha256"
                 )
-            object.__setattr__(self, "image_sha256", digest)
+            object.__setattr__(self, f"{field}_sha256", digest)
         return self
 
     @property
@@ -135,13 +153,28 @@ class RenderSpec(BaseModel):
         return get_preset(self.preset)
 
     @property
-    def task(self) -> Literal["t2v", "i2v"]:
-        """``i2v`` when an input image is given, else ``t2v``."""
+    def task(self) -> Literal["t2v", "i2v", "v2v"]:
+        """``i2v`` when an input image is given, ``v2v`` when an input video is given, else ``t2v``."""
+        if self.video is not None:
+            return "v2v"
         return "i2v" if self.image is not None else "t2v"
 
+    @property
+    def denoising_steps(self) -> int:
+        """Denoising steps that run: ``num_inference_steps``, or for video-to-video the last
+        ``int(num_inference_steps * strength)`` of them (:func:`wanflow.video2video.denoising_steps`)."""
+        if self.video is None:
+            return self.num_inference_steps
+        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
+
     def canonical_json(self) -> str:
-        """The spec as JSON with sorted keys and no whitespace: the form that is hashed and stored."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        """The spec as JSON with sorted keys and no whitespace: the form that is hashed and stored. Fields added
+        after version 1 (``video``, ``video_sha256``, ``strength``) are left out while unset."""
+        data = self.model_dump(mode="json")
+        for key in _OPTIONAL_FIELDS:
+            if data[key] is None:
+                del data[key]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     @property
     def spec_id(self) -> str:
@@ -208,7 +241,7 @@ def _problems(spec: RenderSpec, preset: Preset) -> list[tuple[str, str]]:
         low = (spec.num_frames - 1) // 4 * 4 + 1
         problems.append(("num_frames", f"{spec.num_frames} must be 4k+1 (e.g. {low} or {low + 4}); "
                                        f"{preset.name}'s official value is {preset.num_frames}"))
-    if spec.image is None and "t2v" not in preset.tasks:
+    if spec.image is None and spec.video is None and "t2v" not in preset.tasks:
         problems.append(("image", f"{preset.name} is image-to-video only: give an input image"))
     if spec.image is not None:
         if "i2v" not in preset.tasks:
@@ -218,8 +251,32 @@ def _problems(spec: RenderSpec, preset: Preset) -> list[tuple[str, str]]:
             problem = _image_problem(Path(spec.image))
             if problem:
                 problems.append(("image", problem))
+    problems.extend(_video_problems(spec, preset))
     if spec.adapters:
         problems.append(("adapters", "rendering with adapters is not supported yet; leave the list empty"))
+    return problems
+
+
+def _video_problems(spec: RenderSpec, preset: Preset) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if spec.video is None:
+        if spec.strength is not None:
+            problems.append(("strength", "only for video-to-video; give an input video, or leave strength unset"))
+        return problems
+    if spec.image is not None:
+        problems.append(("video", "give an input image or an input video, not both"))
+    if preset.structure != "t2v-a14b":
+        problems.append(("video", f"video-to-video runs on text-to-video A14B-structure presets (t2v-a14b, "
+                                  f"tiny-t2v-a14b, micro-a14b); {preset.name} is {preset.structure}"))
+    path = Path(spec.video)
+    if not path.is_file():
+        problems.append(("video", f"{path} does not exist or is not a file"))
+    if not 0.0 < spec.strength <= 1.0:
+        problems.append(("strength", f"{spec.strength} is out of range; allowed 0 < strength <= 1"))
+    elif spec.denoising_steps < 1:
+        least = 1 / spec.num_inference_steps
+        problems.append(("strength", f"{spec.strength} with {spec.num_inference_steps} steps runs no denoising "
+                                     f"step (int(steps x strength) = 0); use at least {least:.3g}"))
     return problems
 
 
