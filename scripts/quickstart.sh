@@ -28,6 +28,10 @@ fi
 echo "== installing wanflow with notebooks and test extras"
 "$PY" -m pip install -q -e ".[notebooks,test]"
 
+if [ -d .git ]; then  # keep notebook outputs out of commits (see README "Notebooks")
+  .venv/bin/nbstripout --install --attributes .gitattributes
+fi
+
 echo "== rendering the demo clip"
 .venv/bin/wanflow render "a red circle moving left on a blue background" --seed 0
 echo

@@ -144,7 +144,8 @@ _PRESETS: list[Preset] = [
         num_frames=9, fps=16, sizes=((64, 64),),
     ),
     # Micro: trained by wanflow on procedural clips (wanflow.micro.train), shipped in wanflow/micro/weights.
-    # Settings measured on the held-out prompts (python -m wanflow.micro.evaluate; README "Micro models").
+    # Settings: a grid of flow_shift x guidance on the held-out prompts (python -m wanflow.micro.evaluate --grid)
+    # found no clear winner on the first weights; retune when better weights ship (README "Micro models").
     Preset(
         name="micro-ti2v", kind="micro", **_TI2V,
         description="micro model in the TI2V-5B structure, trained on procedural clips; renders in seconds on a CPU",
