@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import UniPCMultistepScheduler
 from mlflow.tracking import MlflowClient
 
 import wanflow
@@ -20,6 +19,7 @@ from wanflow.spec import RenderSpec
 from wanflow.tracking import ROOT_ARTIFACTS
 
 from .conftest import PROMPT
+from .experts import observe_experts
 
 
 @pytest.mark.parametrize("name", ["tiny-ti2v", "tiny-t2v-a14b", "tiny-i2v-a14b"])
@@ -42,38 +42,13 @@ def test_each_tiny_preset_renders_an_h264_mp4(name, tmp_path, store, red_image):
     assert sorted(p.name for p in result.out_dir.iterdir()) == sorted(ROOT_ARTIFACTS)
 
 
-def _observe(monkeypatch, pipe):
-    """Make each expert return constants (cond 1.0, uncond 0.0) and record which expert ran and what
-    noise prediction reached the scheduler: with CFG, that prediction is exactly the guidance scale."""
-    calls: list[str] = []
-    seen: list[tuple[str, float]] = []
-
-    def constant_output(name):
-        def hook(module, args, kwargs, output):
-            calls.append(name)
-            value = 1.0 if len(calls) % 2 == 1 else 0.0  # pipeline order per step: cond, then uncond
-            return (torch.full_like(output[0], value),)
-        return hook
-
-    handles = [getattr(pipe, n).register_forward_hook(constant_output(n), with_kwargs=True)
-               for n in ("transformer", "transformer_2")]
-    original = UniPCMultistepScheduler.step
-
-    def step(self, model_output, timestep, sample, **kwargs):
-        seen.append((calls[-1], float(timestep), float(model_output.mean())))
-        return original(self, model_output, timestep, sample, **kwargs)
-
-    monkeypatch.setattr(UniPCMultistepScheduler, "step", step)
-    return seen, handles
-
-
 @pytest.mark.parametrize("name", ["tiny-t2v-a14b", "tiny-i2v-a14b"])
 def test_boundary_splits_experts_and_guidance(name, monkeypatch, red_image):
     preset = get_preset(name)
     spec = RenderSpec(preset=name, prompt=PROMPT, seed=0, num_inference_steps=10, guidance_scale=4.0,
                       guidance_scale_2=2.0, image=str(red_image) if name.startswith("tiny-i2v") else None)
     pipe = load_pipeline(preset, spec.task).pipe
-    seen, handles = _observe(monkeypatch, pipe)
+    seen, handles = observe_experts(monkeypatch, {n: getattr(pipe, n) for n in ("transformer", "transformer_2")})
     try:
         generation = generate(spec, progress=False)
     finally:

@@ -8,7 +8,6 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from diffusers import UniPCMultistepScheduler
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -23,6 +22,7 @@ from wanflow.transfer import FinalRequest, TransferError, plan_final, render_fin
 from wanflow.video2video import input_frames
 
 from .conftest import PROMPT
+from .experts import observe_experts
 
 EVIL = 'say "hi" \\ C:\\new\nline two 🎬 `"); import os #` \'end\''
 
@@ -77,28 +77,6 @@ def test_each_mode_renders_a_final_with_lineage(locked, mode, final, extra, tmp_
         assert len(result.steps) == int(6 * 0.6) and run.data.metrics["steps_transformer_2"] >= 1
 
 
-def _observe_experts(monkeypatch, experts):
-    """Each expert returns constants (cond 1.0, uncond 0.0), so with CFG the prediction reaching the scheduler is
-    exactly the guidance scale; records (expert, timestep, prediction) per step (as tests/test_render.py)."""
-    calls, seen = [], []
-
-    def constant(name):
-        def hook(module, args, kwargs, output):
-            calls.append(name)
-            return (torch.full_like(output[0], 1.0 if len(calls) % 2 == 1 else 0.0),)
-        return hook
-
-    handles = [module.register_forward_hook(constant(name), with_kwargs=True) for name, module in experts.items()]
-    original = UniPCMultistepScheduler.step
-
-    def step(self, model_output, timestep, sample, **kwargs):
-        seen.append((calls[-1], float(timestep), float(model_output.mean())))
-        return original(self, model_output, timestep, sample, **kwargs)
-
-    monkeypatch.setattr(UniPCMultistepScheduler, "step", step)
-    return seen, handles
-
-
 @pytest.mark.parametrize("strength", [0.2, 0.9])
 def test_video_to_video_runs_the_expert_of_each_timestep(locked, monkeypatch, strength):
     _, draft, _ = locked
@@ -106,7 +84,7 @@ def test_video_to_video_runs_the_expert_of_each_timestep(locked, monkeypatch, st
     spec = RenderSpec(preset=preset.name, prompt=PROMPT, seed=0, num_inference_steps=10, guidance_scale=4.0,
                       guidance_scale_2=2.0, video=str(draft.video), strength=strength)
     base = load_pipeline(preset, "t2v").pipe  # the router wraps these very modules
-    seen, handles = _observe_experts(monkeypatch, {"transformer": base.transformer,
+    seen, handles = observe_experts(monkeypatch, {"transformer": base.transformer,
                                                    "transformer_2": base.transformer_2})
     try:
         generation = generate(spec, progress=False)

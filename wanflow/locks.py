@@ -64,6 +64,16 @@ def _runs_with_lock(client, experiment_id: str, name: str):
     return client.search_runs([experiment_id], filter_string=f"tags.{LOCK_TAG} = '{name}'")
 
 
+def _locked_runs(name: str, tracking_uri: str | None):
+    """The client and the run(s) holding lock ``name``; raises :class:`LockError` if there are none."""
+    check_name(name)
+    client, experiment_id = client_and_experiment(tracking_uri)
+    runs = _runs_with_lock(client, experiment_id, name)
+    if not runs:
+        raise LockError(f"name: no lock called {name!r}; see `wanflow locks`")
+    return client, runs
+
+
 def lock(run_id: str, name: str, tracking_uri: str | None = None, force: bool = False) -> Lock:
     """Lock the finished render ``run_id`` under ``name``.
 
@@ -100,11 +110,7 @@ def unlock(name: str, tracking_uri: str | None = None) -> str:
     Raises:
         LockError: no lock of that name.
     """
-    check_name(name)
-    client, experiment_id = client_and_experiment(tracking_uri)
-    runs = _runs_with_lock(client, experiment_id, name)
-    if not runs:
-        raise LockError(f"name: no lock called {name!r}; see `wanflow locks`")
+    client, runs = _locked_runs(name, tracking_uri)
     for run in runs:
         client.delete_tag(run.info.run_id, LOCK_TAG)
         client.delete_tag(run.info.run_id, LOCKED_AT_TAG)
@@ -123,11 +129,7 @@ def get_lock(name: str, tracking_uri: str | None = None) -> Lock:
     Raises:
         LockError: no lock of that name.
     """
-    check_name(name)
-    client, experiment_id = client_and_experiment(tracking_uri)
-    runs = _runs_with_lock(client, experiment_id, name)
-    if not runs:
-        raise LockError(f"name: no lock called {name!r}; see `wanflow locks`")
+    client, runs = _locked_runs(name, tracking_uri)
     run = runs[0]
     return Lock(name=name, run_id=run.info.run_id, spec=_spec_of(client, run),
                 locked_at=run.data.tags.get(LOCKED_AT_TAG, ""), artifact_uri=run.info.artifact_uri)

@@ -1,0 +1,30 @@
+"""Observe which expert runs at each denoising step, and the guidance that reaches the scheduler."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UniPCMultistepScheduler
+
+
+def observe_experts(monkeypatch, experts: dict[str, torch.nn.Module]):
+    """Make each expert return constants (cond 1.0, uncond 0.0; diffusers calls cond first in every step), so
+    with CFG the noise prediction reaching the scheduler equals the guidance scale used. Returns ``seen``, a list
+    filled with ``(expert, timestep, prediction)`` per scheduler step, and the hook handles to remove."""
+    calls: list[str] = []
+    seen: list[tuple[str, float, float]] = []
+
+    def constant(name):
+        def hook(module, args, kwargs, output):
+            calls.append(name)
+            return (torch.full_like(output[0], 1.0 if len(calls) % 2 == 1 else 0.0),)
+        return hook
+
+    handles = [module.register_forward_hook(constant(name), with_kwargs=True) for name, module in experts.items()]
+    original = UniPCMultistepScheduler.step
+
+    def step(self, model_output, timestep, sample, **kwargs):
+        seen.append((calls[-1], float(timestep), float(model_output.mean())))
+        return original(self, model_output, timestep, sample, **kwargs)
+
+    monkeypatch.setattr(UniPCMultistepScheduler, "step", step)
+    return seen, handles
