@@ -31,7 +31,7 @@ from typing import Callable
 
 from jupyter_client import AsyncKernelManager
 
-from wanflow.locks import LockError, get_lock, list_locks
+from wanflow.locks import get_lock, list_locks
 from wanflow.tracking import RenderRun, client_and_experiment, resolve_tracking_uri
 from wanflow.transfer import DEFAULT_STRENGTH, FinalPlan, FinalRequest
 
