@@ -100,6 +100,24 @@ def test_same_spec_gives_bit_identical_frames_and_spec_json_rerenders(tmp_path, 
     assert not np.array_equal(other.frames, first.frames)
 
 
+def test_frames_hash_is_logged_and_a_rerender_says_whether_it_matched(tmp_path, store):
+    spec = RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=21)
+    first = wanflow.render(spec, out_dir=tmp_path / "a", tracking_uri=store, progress=False)
+    client = MlflowClient(store)
+    tags = client.get_run(first.run_id).data.tags
+    assert first.frames_match is None and "rerender_of" not in tags
+    assert tags["frames_sha256"] == first.generation.frames_sha256 and len(tags["frames_sha256"]) == 64
+    second = wanflow.render(spec, out_dir=tmp_path / "b", tracking_uri=store, progress=False)
+    assert second.frames_match is True and second.earlier_run_id == first.run_id
+    assert client.get_run(second.run_id).data.tags["frames_match"] == "true"
+    client.set_tag(first.run_id, "frames_sha256", "0" * 64)  # as if the first ran on another torch build
+    third = wanflow.render(spec, out_dir=tmp_path / "c", tracking_uri=store, progress=False)
+    assert third.frames_match is False and client.get_run(third.run_id).data.tags["frames_match"] == "false"
+    other_seed = wanflow.render(spec.model_copy(update={"seed": 22}), out_dir=tmp_path / "d", tracking_uri=store,
+                                progress=False)
+    assert other_seed.frames_match is None
+
+
 def test_image_to_video_on_tiny_ti2v_uses_the_i2v_pipeline(tmp_path, red_image):
     spec = RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=1, image=str(red_image))
     result = wanflow.render(spec, out_dir=tmp_path, log=False, progress=False)

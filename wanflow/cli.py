@@ -76,13 +76,17 @@ def _render(args: argparse.Namespace) -> int:
                     log=not args.no_log, progress=not args.quiet)
     if args.json:
         print(json.dumps({"run_id": result.run_id, "video": str(result.video.resolve()), "seed": result.seed,
-                          "spec_id": spec.spec_id, "timings": result.timings}, indent=2))
+                          "spec_id": spec.spec_id, "timings": result.timings,
+                          "frames_match": result.frames_match, "earlier_run_id": result.earlier_run_id}, indent=2))
     else:
         total = sum(result.timings.values())
         print(f"run_id: {result.run_id or '(not logged)'}")
         print(f"video:  {result.video}")
         print(f"seed:   {result.seed}   spec_id: {spec.spec_id}   {spec.num_frames} frames "
               f"{spec.width}x{spec.height} @ {spec.fps} fps   {total:.1f} s")
+        if result.frames_match is not None:
+            verdict = "bit-identical to" if result.frames_match else "DIFFERENT from"
+            print(f"re-render: frames {verdict} run {result.earlier_run_id} (same spec, device, dtype)")
     return 0
 
 

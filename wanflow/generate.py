@@ -59,6 +59,15 @@ class Generation:
     scheduler: dict = field(default_factory=dict)
 
     @property
+    def frames_sha256(self) -> str:
+        """SHA-256 of the uint8 frames and their shape: equal hashes, bit-identical videos."""
+        import hashlib
+
+        digest = hashlib.sha256(str(self.frames.shape).encode())
+        digest.update(np.ascontiguousarray(self.frames).tobytes())
+        return digest.hexdigest()
+
+    @property
     def expert_schedule(self) -> str:
         """Runs of experts over the steps, e.g. ``transformer:0-4,transformer_2:5-9``."""
         runs: list[list] = []

@@ -43,6 +43,10 @@ class RenderResult:
     run_id: str | None
     tracking_uri: str | None
     generation: Generation
+    #: Re-render check: the earlier run of the same spec on the same device and dtype, and whether its frames were
+    #: bit-identical (None when there is none, or when not logging).
+    earlier_run_id: str | None = None
+    frames_match: bool | None = None
 
     @property
     def video(self) -> Path:
@@ -131,10 +135,14 @@ def render(
         started = time.perf_counter()
         files = write_outputs(generation.frames, folder, spec.canonical_json(), spec.fps)
         timings = {**generation.timings, "encode": time.perf_counter() - started}
+        earlier = None
         if run is not None:
-            timings["log"] = run.finish(
-                _metrics(generation, timings, spec), _result_tags(generation), list(files.as_dict().values())
-            )
+            result_tags = _result_tags(generation)
+            earlier = run.earlier_render(base_tags)
+            if earlier is not None:
+                result_tags["rerender_of"] = earlier[0]
+                result_tags["frames_match"] = str(earlier[1] == generation.frames_sha256).lower()
+            timings["log"] = run.finish(_metrics(generation, timings, spec), result_tags, list(files.as_dict().values()))
     except BaseException as err:
         if run is not None:
             run.fail(err)
@@ -143,6 +151,8 @@ def render(
         spec=spec, frames=generation.frames, files=files, seed=generation.seed, timings=timings,
         steps=generation.steps, peak_memory_gib=generation.peak_memory_gib,
         run_id=run.run_id if run else None, tracking_uri=run.tracking_uri if run else None, generation=generation,
+        earlier_run_id=earlier[0] if earlier else None,
+        frames_match=(earlier[1] == generation.frames_sha256) if earlier else None,
     )
 
 
@@ -166,5 +176,6 @@ def _result_tags(generation: Generation) -> dict[str, str]:
         "pipeline": generation.pipeline_class,
         "scheduler": generation.scheduler.get("class", ""),
         "expert_schedule": generation.expert_schedule,
+        "frames_sha256": generation.frames_sha256,
         "peak_memory_kind": generation.memory_kind,
     }

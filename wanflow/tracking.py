@@ -109,6 +109,18 @@ class RenderRun:
             raise
         return self
 
+    def earlier_render(self, tags: dict[str, str]) -> tuple[str, str] | None:
+        """The oldest FINISHED run (other than this one) with the same ``spec_id``, ``device`` and ``dtype`` tags
+        as ``tags`` that recorded ``frames_sha256``: ``(run_id, frames_sha256)``, or None."""
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        query = " and ".join(f"tags.{key} = '{tags[key]}'" for key in ("spec_id", "device", "dtype"))
+        runs = self.client.search_runs([experiment_id], filter_string=f"{query} and attributes.status = 'FINISHED'",
+                                       order_by=["attributes.start_time ASC"], max_results=50)
+        for run in runs:
+            if run.info.run_id != self.run_id and "frames_sha256" in run.data.tags:
+                return run.info.run_id, run.data.tags["frames_sha256"]
+        return None
+
     def finish(self, metrics: dict[str, float], tags: dict[str, str], files: list[Path]) -> float:
         """Log metrics, tags and each file at the run's root, then end the run FINISHED. Returns the seconds
         logging took, which is also logged as the metric ``log_s``."""
