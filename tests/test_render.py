@@ -189,3 +189,16 @@ def test_unreachable_tracking_server_fails_before_the_model_loads(tmp_path, monk
     with pytest.raises(wanflow.TrackingError, match="127.0.0.1:9"):
         wanflow.render(RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=1), out_dir=tmp_path,
                        tracking_uri="http://127.0.0.1:9", progress=False)
+
+
+def test_prompt_past_512_tokens_warns_and_is_recorded(tmp_path, store):
+    long_prompt = " ".join(["a red circle moving left"] * 110)  # 550 words + </s>
+    with pytest.warns(UserWarning, match="prompt: 551 tokens; the text encoder reads the first 512"):
+        result = wanflow.render(RenderSpec(preset="tiny-ti2v", prompt=long_prompt, seed=1), out_dir=tmp_path,
+                                tracking_uri=store, progress=False)
+    run = MlflowClient(store).get_run(result.run_id)
+    assert run.data.tags["prompt_truncated"] == "true" and run.data.metrics["prompt_tokens"] == 551
+    assert run.data.params["prompt"] == long_prompt  # the param keeps the whole prompt
+    short = wanflow.render(RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=1), out_dir=tmp_path / "s",
+                           tracking_uri=store, progress=False)
+    assert MlflowClient(store).get_run(short.run_id).data.tags["prompt_truncated"] == "false"

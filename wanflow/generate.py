@@ -11,6 +11,7 @@ import contextlib
 import resource
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -57,6 +58,8 @@ class Generation:
     options: LoadOptions
     pipeline_class: str
     scheduler: dict = field(default_factory=dict)
+    #: Tokens of the prompt (with ``</s>``); the text encoder reads at most :data:`MAX_SEQUENCE_LENGTH`.
+    prompt_tokens: int = 0
 
     @property
     def frames_sha256(self) -> str:
@@ -134,6 +137,12 @@ def generate(
     timings = {"load": loaded.load_seconds}
     do_cfg = spec.guidance_scale > 1.0
     text_device = torch.device("cpu") if options.t5_cpu else device
+    prompt_tokens = len(pipe.tokenizer(spec.prompt, add_special_tokens=True).input_ids)
+    if prompt_tokens > MAX_SEQUENCE_LENGTH:
+        warnings.warn(
+            f"prompt: {prompt_tokens} tokens; the text encoder reads the first {MAX_SEQUENCE_LENGTH} and ignores the "
+            "rest (recorded on the run as prompt_truncated=true)", stacklevel=2,
+        )
     started = time.perf_counter()
     with torch.no_grad():
         prompt_embeds, negative_embeds = pipe.encode_prompt(
@@ -231,4 +240,5 @@ def generate(
         options=options,
         pipeline_class=type(pipe).__name__,
         scheduler={"class": type(pipe.scheduler).__name__, **dict(pipe.scheduler.config)},
+        prompt_tokens=prompt_tokens,
     )

@@ -23,6 +23,7 @@ from wanflow.loading import LoadOptions
 from wanflow.media import MediaFiles, write_outputs
 from wanflow.quality import frame_metrics
 from wanflow.spec import RenderSpec
+from wanflow.text import MAX_SEQUENCE_LENGTH
 
 STAGES = ("draft", "final")
 
@@ -160,6 +161,7 @@ def _metrics(generation: Generation, timings: dict[str, float], spec: RenderSpec
     metrics = {f"{stage}_s": seconds for stage, seconds in timings.items()}
     metrics["s_per_step"] = timings["denoise"] / max(1, spec.denoising_steps)
     metrics["peak_memory_gib"] = generation.peak_memory_gib
+    metrics["prompt_tokens"] = generation.prompt_tokens
     for expert in ("transformer", "transformer_2"):
         metrics[f"steps_{expert}"] = sum(1 for s in generation.steps if s.expert == expert)
     # Prompt adherence means something only for the micro models, whose captions the detector reads.
@@ -177,5 +179,6 @@ def _result_tags(generation: Generation) -> dict[str, str]:
         "scheduler": generation.scheduler.get("class", ""),
         "expert_schedule": generation.expert_schedule,
         "frames_sha256": generation.frames_sha256,
+        "prompt_truncated": str(generation.prompt_tokens > MAX_SEQUENCE_LENGTH).lower(),
         "peak_memory_kind": generation.memory_kind,
     }
