@@ -89,17 +89,63 @@ def test_bad_input_exits_2_naming_the_field(args, words, tmp_path, capsys, monke
     assert not list(tmp_path.glob("outputs/*/video.mp4"))
 
 
-def test_missing_model_leaves_a_failed_run_not_a_running_one(tmp_path, monkeypatch, capsys):
+def test_missing_model_is_refused_before_any_run_or_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["render", PROMPT, "--model", "ti2v-5b", "--quiet"]) == 2
     assert cli.main(["history", "--json"]) == 0
-    (row,) = json.loads(capsys.readouterr().out)
-    assert row["status"] == "FAILED"
+    assert json.loads(capsys.readouterr().out) == []
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").iterdir())
 
 
 def test_prompt_is_required_without_spec(capsys):
-    with pytest.raises(SystemExit, match="prompt"):
-        cli.main(["render"])
+    assert cli.main(["render"]) == 2
+    assert "prompt: give a PROMPT, or --spec FILE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [("[1, 2]", "holds a JSON list, not an object"), ("{oops", "is not valid JSON"),
+     (b"\xff\xfe", "is not UTF-8 text"), (None, "is a folder"), ("missing", "does not exist")],
+)
+def test_bad_spec_files_name_the_file(tmp_path, capsys, content, words):
+    path = tmp_path / "spec.json"
+    if content is None:
+        path.mkdir()
+    elif content == "missing":
+        pass
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    assert cli.main(["render", "--spec", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: spec: {path}" in err and words in err, err
+
+
+@pytest.mark.parametrize(
+    "uri, words",
+    [("nonsense://foo", "unknown scheme 'nonsense'"), ("file:///tmp/x", "is a file store"),
+     ("/tmp/plain/path", "is a file store"), ("http://127.0.0.1:9", "no MLflow server answers at http://127.0.0.1:9")],
+)
+def test_bad_tracking_uris_fail_fast_and_leave_nothing(tmp_path, capsys, monkeypatch, uri, words):
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    started = time.perf_counter()
+    assert cli.main(["render", PROMPT, "--quiet", "--tracking-uri", uri, "--out", str(tmp_path / "o")]) == 2
+    assert time.perf_counter() - started < 60  # MLflow's own client retries for minutes
+    err = capsys.readouterr().err
+    assert f"tracking_uri: " in err and words in err, err
+    assert not (tmp_path / "o").exists()  # the folder it made is removed again
+    assert cli.main(["history", "--tracking-uri", uri]) == 2
+
+
+def test_bad_numbers_for_history_and_ui_are_argparse_errors(capsys):
+    for argv in (["history", "--limit", "0"], ["ui", "--port", "99999"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2
+    assert "is not a TCP port" in capsys.readouterr().err
 
 
 def test_ui_binds_to_localhost_and_opens_the_runs_table(tmp_path, monkeypatch, capsys, store):

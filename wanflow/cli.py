@@ -38,10 +38,40 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1..65535)")
+    return value
+
+
+def _read_spec(path: str) -> dict:
+    """The fields of a saved spec.json, or ValueError naming the file and what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            fields = json.load(handle)
+    except IsADirectoryError:
+        raise ValueError(f"spec: {path} is a folder; give the spec.json file inside a render's folder") from None
+    except FileNotFoundError:
+        raise ValueError(f"spec: {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"spec: {path} is not UTF-8 text; give a spec.json written by wanflow") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"spec: {path} is not valid JSON ({err})") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"spec: {path} holds a JSON {type(fields).__name__}, not an object of spec fields")
+    return fields
+
+
 def _render(args: argparse.Namespace) -> int:
-    from wanflow.loading import LoadOptions
     from wanflow.presets import DEFAULT_PRESET
-    from wanflow.rendering import render
     from wanflow.spec import RenderSpec
 
     overrides = {
@@ -52,16 +82,18 @@ def _render(args: argparse.Namespace) -> int:
     }
     given = {k: v for k, v in overrides.items() if v is not None}
     if args.spec:
-        with open(args.spec, encoding="utf-8") as handle:
-            fields = json.load(handle)
+        fields = _read_spec(args.spec)
         fields.update(given)
         if "image" in given:
             fields.pop("image_sha256", None)
     else:
         if args.prompt is None:
-            raise SystemExit("error: prompt: give a PROMPT, or --spec FILE to re-render a saved spec.json")
+            raise ValueError("prompt: give a PROMPT, or --spec FILE to re-render a saved spec.json")
         fields = {"preset": DEFAULT_PRESET, **given}
-    spec = RenderSpec.model_validate(fields)
+    spec = RenderSpec.model_validate(fields)  # validated before torch and diffusers are even imported
+    from wanflow.loading import LoadOptions
+    from wanflow.rendering import render
+
     if args.quiet:
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
@@ -73,7 +105,7 @@ def _render(args: argparse.Namespace) -> int:
         offload_model=args.offload_model, t5_cpu=args.t5_cpu, model_dir=args.model_dir,
     )
     result = render(spec, options=options, out_dir=args.out, tracking_uri=args.tracking_uri,
-                    log=not args.no_log, progress=not args.quiet)
+                    log=not args.no_log, progress=not args.quiet and sys.stderr.isatty())
     if args.json:
         print(json.dumps({"run_id": result.run_id, "video": str(result.video.resolve()), "seed": result.seed,
                           "spec_id": spec.spec_id, "timings": result.timings,
@@ -103,7 +135,6 @@ def _history(args: argparse.Namespace) -> int:
     columns = [c for c in ("run_id", "status", "stage", "preset", "seed", "num_inference_steps", "width", "height",
                            "num_frames", "total_s", "denoise_s", "adherence", "prompt") if c in frame]
     view = frame[columns].copy()
-    view["run_id"] = view["run_id"].str[:12]
     if "prompt" in view:
         view["prompt"] = view["prompt"].str.replace("\n", " ").str.slice(0, 50)
     print(view.to_string(index=False))
@@ -239,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_render)
 
     h = sub.add_parser("history", help="past renders as a table")
-    h.add_argument("--limit", type=int, default=50, help="newest N runs (default 50)")
+    h.add_argument("--limit", type=_positive, default=50, help="newest N runs (default 50)")
     h.add_argument("--stage", choices=["draft", "final"], help="only drafts or finals")
     h.add_argument("--json", action="store_true", help="all columns as JSON records")
     h.add_argument("--tracking-uri", help="MLflow store (default: as for render)")
@@ -302,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("ui", help="open the MLflow UI on the project's store")
     u.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--port", type=_port, default=5000)
     u.add_argument("--tracking-uri", help="MLflow store (default: as for render)")
     u.set_defaults(func=_ui)
     return parser
@@ -322,11 +353,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ValidationError as err:
         print("error: invalid render settings:\n  " + explain(err).replace("\n", "\n  "), file=sys.stderr)
-    except (ModelNotFoundError, TrackingError, PermissionError, ValueError, FileNotFoundError) as err:
-        # LockError and bad device/dtype/stage are ValueErrors whose message starts with the field
+    except (ModelNotFoundError, TrackingError, ValueError, OSError) as err:
+        # LockError and bad device/dtype/stage/spec are ValueErrors whose message starts with the field;
+        # OSError covers unwritable folders (PermissionError) and missing files
         print(f"error: {err}", file=sys.stderr)
-    except json.JSONDecodeError as err:
-        print(f"error: spec: not valid JSON ({err})", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted: runs that had started are marked KILLED; unfinished files were removed", file=sys.stderr)
+        return 130
     return EXIT_BAD_INPUT
 
 

@@ -13,13 +13,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from diffusers import DiffusionPipeline, WanImageToVideoPipeline, WanPipeline
 
 from wanflow.exceptions import ModelNotFoundError
 from wanflow.presets import Preset
+
+if TYPE_CHECKING:  # diffusers is imported where a pipeline is built, so option checks stay fast
+    from diffusers import DiffusionPipeline, WanImageToVideoPipeline, WanPipeline
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MICRO_WEIGHTS = Path(__file__).parent / "micro" / "weights"
@@ -172,7 +174,7 @@ def find_model(preset: Preset, model_dir: str | os.PathLike | None = None) -> Mo
 class LoadedPipeline:
     """A ready pipeline and how it came to be."""
 
-    pipe: WanPipeline | WanImageToVideoPipeline
+    pipe: "WanPipeline | WanImageToVideoPipeline"
     source: ModelSource
     options: LoadOptions
     load_seconds: float
@@ -196,7 +198,7 @@ def clear_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def _place(pipe: DiffusionPipeline, options: LoadOptions) -> None:
+def _place(pipe: "DiffusionPipeline", options: LoadOptions) -> None:
     device = options.torch_device()
     if options.offload_model and device.type != "cpu":
         if options.t5_cpu:
@@ -210,7 +212,7 @@ def _place(pipe: DiffusionPipeline, options: LoadOptions) -> None:
         pipe.text_encoder.to("cpu")
 
 
-def _share(cls, base: DiffusionPipeline) -> DiffusionPipeline:
+def _share(cls, base: "DiffusionPipeline") -> "DiffusionPipeline":
     """A ``cls`` pipeline over ``base``'s modules and config. Not ``from_pipe``: it ends with ``.to(dtype)``
     (float32 unless told), which would cast the shared bfloat16 weights in place (and the modules diffusers keeps
     in float32 with them)."""
@@ -235,6 +237,8 @@ def load_pipeline(preset: Preset, task: Literal["t2v", "i2v", "v2v"], options: L
         ModelNotFoundError: see :func:`find_model`.
         ValueError: bad device or dtype; the folder holds a different pipeline than the preset needs.
     """
+    from diffusers import DiffusionPipeline, WanImageToVideoPipeline, WanPipeline
+
     options = options or LoadOptions()
     device, dtype = options.torch_device(), options.torch_dtype()
     started = time.perf_counter()

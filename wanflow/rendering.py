@@ -19,7 +19,7 @@ import numpy as np
 
 from wanflow import __version__
 from wanflow.generate import Generation, StepEvent, generate
-from wanflow.loading import LoadOptions
+from wanflow.loading import LoadOptions, find_model
 from wanflow.media import MediaFiles, write_outputs
 from wanflow.quality import frame_metrics
 from wanflow.spec import RenderSpec
@@ -113,15 +113,27 @@ def render(
         ValueError: bad stage, device or dtype (before anything is loaded or logged).
         PermissionError: ``out_dir`` is not writable (before anything is loaded or logged).
         wanflow.tracking.TrackingError: the MLflow store cannot be reached (before the model loads).
-        ModelNotFoundError: the preset's weights are missing (the run ends FAILED).
+        ModelNotFoundError: the preset's weights are missing (before anything is logged).
+
+    A render that fails removes the output folder it created if nothing was written into it.
     """
     if stage not in STAGES:
         raise ValueError(f"stage: {stage!r} is not one of {', '.join(STAGES)}")
     options = options or LoadOptions()
     option_tags = options.as_tags()  # raises on a bad device/dtype before any work
+    find_model(spec.model, options.model_dir)  # raises ModelNotFoundError before a run exists
     folder = Path(out_dir) if out_dir is not None else default_out_dir(spec)
+    created = not folder.exists()
     _check_writable(folder)
+    try:
+        return _render_into(folder, spec, options, option_tags, stage, tags, tracking_uri, log, progress, on_step)
+    except BaseException:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
 
+
+def _render_into(folder, spec, options, option_tags, stage, tags, tracking_uri, log, progress, on_step) -> RenderResult:
     run = None
     if log:
         from wanflow.tracking import RenderRun, run_name
@@ -143,7 +155,9 @@ def render(
             if earlier is not None:
                 result_tags["rerender_of"] = earlier[0]
                 result_tags["frames_match"] = str(earlier[1] == generation.frames_sha256).lower()
-            timings["log"] = run.finish(_metrics(generation, timings, spec), result_tags, list(files.as_dict().values()))
+            inputs = [Path(spec.image)] if spec.image else []  # the i2v first frame, so MLflow alone reproduces it
+            timings["log"] = run.finish(_metrics(generation, timings, spec), result_tags,
+                                        [*files.as_dict().values(), *inputs])
     except BaseException as err:
         if run is not None:
             run.fail(err)

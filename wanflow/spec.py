@@ -121,9 +121,9 @@ class RenderSpec(BaseModel):
                 data[key] = value
         if data.get("seed") is None:
             data["seed"] = secrets.randbelow(MAX_SEED + 1)
-        for key in ("image", "video"):
-            if isinstance(data.get(key), os.PathLike):
-                data[key] = os.fspath(data[key])
+        for key in ("image", "video"):  # absolute, so a saved spec works from any folder
+            if isinstance(data.get(key), (str, os.PathLike)) and os.fspath(data[key]):
+                data[key] = os.path.abspath(os.path.expanduser(os.fspath(data[key])))
         if data.get("video") is not None and data.get("strength") is None:
             data["strength"] = DEFAULT_STRENGTH
         return data

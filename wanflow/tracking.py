@@ -38,12 +38,51 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
 
 
+#: Store URI schemes wanflow accepts: SQLite, a tracking server, or another SQL database MLflow supports.
+SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+#: Seconds to wait for a tracking server's ``/health`` before giving up (MLflow's own client retries for minutes).
+PROBE_TIMEOUT = 5.0
+
+
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``uri`` if given, else :func:`default_tracking_uri`. A SQLite store's folder is created if missing."""
+    """``uri`` if given, else :func:`default_tracking_uri`. A SQLite store's folder is created if missing.
+
+    Raises:
+        TrackingError: an unknown scheme, or a plain path / ``file:`` URI (the file store that MLflow >= 3.13
+            refuses); the message says what to use instead.
+    """
     uri = uri or default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("", "file"):
+        raise TrackingError(
+            f"tracking_uri: {uri!r} is a file store, which MLflow >= 3.13 refuses; use a SQLite store such as "
+            "sqlite:///mlruns/mlflow.db, or a tracking server http://HOST:PORT"
+        )
+    if scheme not in SCHEMES:
+        raise TrackingError(f"tracking_uri: unknown scheme {scheme!r} in {uri!r}; use one of: "
+                            + ", ".join(f"{s}://" for s in SCHEMES))
+    if scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingError(f"tracking_uri: cannot create {folder} for {uri} ({err.strerror})") from None
     return uri
+
+
+def _probe_server(uri: str) -> None:
+    """Fail fast when a tracking server does not answer (MLflow's client would retry for minutes)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT).close()
+    except urllib.error.HTTPError:
+        pass  # it answered: a server without /health, or behind auth; let MLflow's client report the details
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(f"tracking_uri: no MLflow server answers at {uri} ({reason}); start one with "
+                            f"`mlflow server --host 127.0.0.1 --port PORT`, or check the SSH tunnel") from None
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -60,9 +99,11 @@ def client_and_experiment(tracking_uri: str | None = None) -> tuple[MlflowClient
         TrackingError: the store cannot be reached (e.g. a tracking server that is down).
     """
     uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=uri)
+    if uri.startswith(("http://", "https://")):
+        _probe_server(uri)
     name = os.environ.get("WANFLOW_EXPERIMENT", EXPERIMENT)
     try:
+        client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return client, experiment.experiment_id
