@@ -57,6 +57,22 @@ def atomic_path(target: Path) -> Iterator[Path]:
             temp.unlink()
 
 
+def check_writable(folder: Path, field: str = "out_dir") -> None:
+    """Create ``folder`` if needed and prove a file can be written there.
+
+    Raises:
+        PermissionError: naming ``field`` and the folder, when it cannot be created or written.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"{field}: cannot write to {folder} ({err.strerror}); choose another --out folder") from None
+
+
 def atomic_write_text(target: Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``target`` atomically. Returns ``target``."""
     with atomic_path(target) as temp:

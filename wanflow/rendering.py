@@ -20,7 +20,7 @@ import numpy as np
 from wanflow import __version__
 from wanflow.generate import Generation, StepEvent, generate
 from wanflow.loading import LoadOptions, find_model
-from wanflow.media import MediaFiles, write_outputs
+from wanflow.media import MediaFiles, check_writable, write_outputs
 from wanflow.quality import frame_metrics
 from wanflow.spec import RenderSpec
 from wanflow.text import MAX_SEQUENCE_LENGTH
@@ -62,16 +62,6 @@ def default_out_dir(spec: RenderSpec) -> Path:
     """``outputs/<UTC time>-<preset>-<spec_id[:8]>`` under the current folder."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path("outputs") / f"{stamp}-{spec.preset}-{spec.spec_id[:8]}"
-
-
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"out_dir: cannot write to {folder} ({err.strerror}); choose another --out folder") from None
 
 
 def _versions() -> dict[str, str]:
@@ -124,7 +114,7 @@ def render(
     find_model(spec.model, options.model_dir)  # raises ModelNotFoundError before a run exists
     folder = Path(out_dir) if out_dir is not None else default_out_dir(spec)
     created = not folder.exists()
-    _check_writable(folder)
+    check_writable(folder)
     try:
         return _render_into(folder, spec, options, option_tags, stage, tags, tracking_uri, log, progress, on_step)
     except BaseException:

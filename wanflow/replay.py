@@ -32,6 +32,7 @@ from typing import Callable
 from jupyter_client import AsyncKernelManager
 
 from wanflow.locks import get_lock, list_locks
+from wanflow.media import check_writable
 from wanflow.tracking import RenderRun, client_and_experiment, resolve_tracking_uri
 from wanflow.transfer import DEFAULT_STRENGTH, FinalPlan, FinalRequest
 
@@ -165,6 +166,7 @@ def replay(
         TransferError: the request is bad for every lock (mode, preset, strength, settings), before any notebook runs.
         LockError: a named lock does not exist, before any notebook runs.
         FileNotFoundError: no notebook at ``notebook``.
+        PermissionError: ``out_dir`` cannot be written, before any notebook runs.
         wanflow.TrackingError: the store cannot be reached.
     """
     uri = resolve_tracking_uri(tracking_uri)
@@ -177,6 +179,7 @@ def replay(
     names = list(locks) if locks is not None else list(list_locks(uri)["name"])
     requests = {name: FinalRequest(lock_name=name, **settings) for name in names}  # bad input raises here
     held = {name: get_lock(name, uri) for name in names}  # so does a missing lock
+    check_writable(Path(out_dir))  # and an output folder that cannot be written
     client, experiment_id = client_and_experiment(uri)
     summary = ReplaySummary()
     for name in names:
@@ -230,8 +233,9 @@ def _render_one(plan: FinalPlan, uri: str, out_dir: Path, notebook: Path, device
     if error is not None:
         reason = f"{getattr(error, 'ename', type(error).__name__)}: {getattr(error, 'evalue', error)}"
         reason = reason.strip().splitlines()[0] if reason.strip() else type(error).__name__
-        return LockOutcome(plan.lock.name, "failed", run_id, executed, f"{reason} (run {run_id} FAILED, notebook "
-                           "attached)", seconds)
+        attached = "notebook attached" if executed.is_file() else "no notebook: it did not start"
+        return LockOutcome(plan.lock.name, "failed", run_id, executed, f"{reason} (run {run_id} FAILED, {attached})",
+                           seconds)
     return LockOutcome(plan.lock.name, "rendered", run_id, executed, f"final run {run_id} ({seconds:.1f} s)", seconds)
 
 
