@@ -28,3 +28,17 @@ def observe_experts(monkeypatch, experts: dict[str, torch.nn.Module]):
 
     monkeypatch.setattr(UniPCMultistepScheduler, "step", step)
     return seen, handles
+
+
+def assert_routed(seen, steps, boundary: float, guidance: float, guidance_2: float) -> list[str]:
+    """Every observed step ran ``transformer`` with ``guidance`` at ``t >= boundary`` and ``transformer_2`` with
+    ``guidance_2`` below, and the pipeline's own step records agree. Returns the experts in step order."""
+    import pytest
+
+    for (expert, t, prediction), event in zip(seen, steps, strict=True):
+        if t >= boundary:
+            assert expert == "transformer" and prediction == pytest.approx(guidance)
+        else:
+            assert expert == "transformer_2" and prediction == pytest.approx(guidance_2)
+        assert event.expert == expert and event.timestep == pytest.approx(t)
+    return [expert for expert, _, _ in seen]

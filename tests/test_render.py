@@ -19,7 +19,7 @@ from wanflow.spec import RenderSpec
 from wanflow.tracking import ROOT_ARTIFACTS
 
 from .conftest import PROMPT
-from .experts import observe_experts
+from .experts import assert_routed, observe_experts
 
 
 @pytest.mark.parametrize("name", ["tiny-ti2v", "tiny-t2v-a14b", "tiny-i2v-a14b"])
@@ -56,13 +56,7 @@ def test_boundary_splits_experts_and_guidance(name, monkeypatch, red_image):
             h.remove()
     boundary = preset.boundary_ratio * 1000
     assert len(seen) == 10
-    for (expert, t, prediction), event in zip(seen, generation.steps):
-        if t >= boundary:
-            assert expert == "transformer" and prediction == pytest.approx(4.0)
-        else:
-            assert expert == "transformer_2" and prediction == pytest.approx(2.0)
-        assert event.expert == expert and event.timestep == pytest.approx(t)
-    experts = [e for e, _, _ in seen]
+    experts = assert_routed(seen, generation.steps, boundary, 4.0, 2.0)
     assert "transformer" in experts and "transformer_2" in experts
     assert experts == sorted(experts)  # high noise first, one hand-over
 

@@ -22,7 +22,7 @@ from wanflow.transfer import FinalRequest, TransferError, plan_final, render_fin
 from wanflow.video2video import input_frames
 
 from .conftest import PROMPT
-from .experts import observe_experts
+from .experts import assert_routed, observe_experts
 
 EVIL = 'say "hi" \\ C:\\new\nline two 🎬 `"); import os #` \'end\''
 
@@ -93,13 +93,7 @@ def test_video_to_video_runs_the_expert_of_each_timestep(locked, monkeypatch, st
             handle.remove()
     boundary = preset.boundary_ratio * 1000
     assert len(seen) == len(generation.steps) == int(10 * strength)
-    for (expert, t, prediction), event in zip(seen, generation.steps):
-        if t >= boundary:
-            assert expert == "transformer" and prediction == pytest.approx(4.0)
-        else:
-            assert expert == "transformer_2" and prediction == pytest.approx(2.0)
-        assert event.expert == expert and event.timestep == pytest.approx(t)
-    experts = [e for e, _, _ in seen]
+    experts = assert_routed(seen, generation.steps, boundary, 4.0, 2.0)
     if strength == 0.2:  # first timestep below the boundary: the low-noise expert alone
         assert seen[0][1] < boundary and set(experts) == {"transformer_2"}
     else:  # high noise first, one hand-over, as text-to-video
