@@ -34,8 +34,9 @@ def ti2v():
     clear_cache()
 
 
+# strict: once better weights make this pass, the XPASS fails the suite, so the marker is removed, not forgotten
 @pytest.mark.xfail(reason="micro-v1 weights are undertrained (see TRAINING.md); passes once better weights ship",
-                   strict=False)
+                   strict=True)
 def test_red_circle_left_on_blue(ti2v):
     preset, pipe = ti2v
     frames = evaluate.render_batch(pipe, preset, evaluate.Settings(), [PROMPT], seed=0)[0]
