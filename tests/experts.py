@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from diffusers import UniPCMultistepScheduler
 
 
+@contextlib.contextmanager
 def observe_experts(monkeypatch, experts: dict[str, torch.nn.Module]):
-    """Make each expert return constants (cond 1.0, uncond 0.0; diffusers calls cond first in every step), so
-    with CFG the noise prediction reaching the scheduler equals the guidance scale used. Returns ``seen``, a list
-    filled with ``(expert, timestep, prediction)`` per scheduler step, and the hook handles to remove."""
+    """Inside the block, each expert returns constants (cond 1.0, uncond 0.0; diffusers calls cond first in every
+    step), so with CFG the noise prediction reaching the scheduler equals the guidance scale used. Yields ``seen``,
+    a list filled with ``(expert, timestep, prediction)`` per scheduler step; the hooks go when the block ends."""
     calls: list[str] = []
     seen: list[tuple[str, float, float]] = []
 
@@ -27,7 +30,11 @@ def observe_experts(monkeypatch, experts: dict[str, torch.nn.Module]):
         return original(self, model_output, timestep, sample, **kwargs)
 
     monkeypatch.setattr(UniPCMultistepScheduler, "step", step)
-    return seen, handles
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def assert_routed(seen, steps, boundary: float, guidance: float, guidance_2: float) -> list[str]:

@@ -48,12 +48,8 @@ def test_boundary_splits_experts_and_guidance(name, monkeypatch, red_image):
     spec = RenderSpec(preset=name, prompt=PROMPT, seed=0, num_inference_steps=10, guidance_scale=4.0,
                       guidance_scale_2=2.0, image=str(red_image) if name.startswith("tiny-i2v") else None)
     pipe = load_pipeline(preset, spec.task).pipe
-    seen, handles = observe_experts(monkeypatch, {n: getattr(pipe, n) for n in ("transformer", "transformer_2")})
-    try:
+    with observe_experts(monkeypatch, {n: getattr(pipe, n) for n in ("transformer", "transformer_2")}) as seen:
         generation = generate(spec, progress=False)
-    finally:
-        for h in handles:
-            h.remove()
     boundary = preset.boundary_ratio * 1000
     assert len(seen) == 10
     experts = assert_routed(seen, generation.steps, boundary, 4.0, 2.0)

@@ -84,13 +84,8 @@ def test_video_to_video_runs_the_expert_of_each_timestep(locked, monkeypatch, st
     spec = RenderSpec(preset=preset.name, prompt=PROMPT, seed=0, num_inference_steps=10, guidance_scale=4.0,
                       guidance_scale_2=2.0, video=str(draft.video), strength=strength)
     base = load_pipeline(preset, "t2v").pipe  # the router wraps these very modules
-    seen, handles = observe_experts(monkeypatch, {"transformer": base.transformer,
-                                                   "transformer_2": base.transformer_2})
-    try:
+    with observe_experts(monkeypatch, {"transformer": base.transformer, "transformer_2": base.transformer_2}) as seen:
         generation = generate(spec, progress=False)
-    finally:
-        for handle in handles:
-            handle.remove()
     boundary = preset.boundary_ratio * 1000
     assert len(seen) == len(generation.steps) == int(10 * strength)
     experts = assert_routed(seen, generation.steps, boundary, 4.0, 2.0)
