@@ -167,7 +167,11 @@ def generate(
     bar = tqdm(total=total, desc=f"{spec.preset} denoise", unit="step", disable=not progress,
                leave=False, file=sys.stderr)
     marks = {"denoise_end": None}
-    boundary = preset.boundary_ratio * 1000 if preset.two_experts else None
+
+    def event(i: int, t, expert: str) -> StepEvent:
+        """A step as observed: the expert the hooks saw, and the guidance scale that expert runs with."""
+        scale = spec.guidance_scale_2 if expert == "transformer_2" else spec.guidance_scale
+        return StepEvent(i, total, float(t), expert, scale)
 
     def on_step_end(_pipe, i, t, callback_kwargs):
         expert = ran[-1] if ran else "none"
@@ -178,8 +182,7 @@ def generate(
             _sync(device)
             marks["denoise_end"] = time.perf_counter()
         if on_step is not None:
-            scale = spec.guidance_scale if expert != "transformer_2" else spec.guidance_scale_2
-            on_step(StepEvent(i, total, float(t), expert, scale))
+            on_step(event(i, t, expert))
         return {}
 
     call = dict(
@@ -222,12 +225,7 @@ def generate(
     timings["denoise"] = denoise_end - started
     timings["decode"] = ended - denoise_end
 
-    steps = []
-    for i, t, expert in raw_steps:
-        t = float(t)
-        low_noise = boundary is not None and t < boundary
-        steps.append(StepEvent(i, total, t, expert,
-                               spec.guidance_scale_2 if low_noise else spec.guidance_scale))
+    steps = [event(i, t, expert) for i, t, expert in raw_steps]  # timesteps read after the loop: no syncs in it
     peak, kind = _peak_memory(device)
     return Generation(
         frames=to_uint8(output.frames),

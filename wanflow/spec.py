@@ -162,7 +162,8 @@ class RenderSpec(BaseModel):
     @property
     def denoising_steps(self) -> int:
         """Denoising steps that run: ``num_inference_steps``, or for video-to-video the last
-        ``int(num_inference_steps * strength)`` of them (:func:`wanflow.video2video.denoising_steps`)."""
+        ``int(num_inference_steps * strength)`` of them (the rule of diffusers'
+        ``WanVideoToVideoPipeline.get_timesteps``, which skips the first, noisiest steps)."""
         if self.video is None:
             return self.num_inference_steps
         return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)

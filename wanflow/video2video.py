@@ -28,12 +28,6 @@ from PIL import Image
 EXPERTS = ("transformer", "transformer_2")
 
 
-def denoising_steps(num_inference_steps: int, strength: float) -> int:
-    """Steps that video-to-video runs: ``min(int(num_inference_steps * strength), num_inference_steps)``, the
-    rule of ``WanVideoToVideoPipeline.get_timesteps`` (it skips the first, noisiest steps)."""
-    return min(int(num_inference_steps * strength), num_inference_steps)
-
-
 @dataclass(frozen=True)
 class Guidance:
     """What the router needs for one pipeline call: the negative prompt embeddings (None: no CFG) and the two
