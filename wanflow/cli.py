@@ -78,7 +78,7 @@ def _render(args: argparse.Namespace) -> int:
         "preset": args.model, "prompt": args.prompt, "negative_prompt": args.negative, "seed": args.seed,
         "num_inference_steps": args.steps, "guidance_scale": args.guidance, "guidance_scale_2": args.guidance_2,
         "flow_shift": args.flow_shift, "width": args.width, "height": args.height, "num_frames": args.frames,
-        "fps": args.fps, "image": args.image,
+        "fps": args.fps, "image": args.image, "approximations": args.approximate,
     }
     given = {k: v for k, v in overrides.items() if v is not None}
     if args.spec:
@@ -102,7 +102,8 @@ def _render(args: argparse.Namespace) -> int:
         transformers_logging.disable_progress_bar()
     options = LoadOptions(
         device=args.device, dtype="bfloat16" if args.convert_model_dtype else args.dtype,
-        offload_model=args.offload_model, t5_cpu=args.t5_cpu, model_dir=args.model_dir,
+        offload_model=args.offload_model, t5_cpu=args.t5_cpu, group_offload=args.group_offload,
+        vae_tiling=args.vae_tiling, fast={"auto": None, "on": True, "off": False}[args.fast], model_dir=args.model_dir,
     )
     result = render(spec, options=options, out_dir=args.out, tracking_uri=args.tracking_uri,
                     log=not args.no_log, progress=not args.quiet and sys.stderr.isatty())
@@ -264,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--convert-model-dtype", action="store_true", help="as Wan2.2's flag: same as --dtype bfloat16")
     r.add_argument("--offload-model", action="store_true", help="as Wan2.2's flag: model CPU offload, less GPU memory")
     r.add_argument("--t5-cpu", action="store_true", help="as Wan2.2's flag: text encoder on the CPU")
+    r.add_argument("--group-offload", action="store_true",
+                   help="stream the experts' blocks to the GPU (least GPU memory; not with --offload-model)")
+    r.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (lower decode memory)")
+    r.add_argument("--fast", choices=["auto", "on", "off"], default="auto",
+                   help="exact fast path: fastest attention kernel + compiled blocks (auto: real models on CUDA)")
+    r.add_argument("--approximate", metavar="NAMES",
+                   help="opt-in speed-ups that change the frames, comma-separated: first-block-cache, fp8, "
+                        "sage-attention (GPU only; part of the spec)")
     r.add_argument("--model-dir", help="local Diffusers-layout folder with the preset's weights")
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.add_argument("--quiet", action="store_true", help="no progress bar")

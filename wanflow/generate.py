@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from wanflow.loading import LoadOptions, ModelSource, load_pipeline
+from wanflow.loading import LoadedPipeline, LoadOptions, ModelSource, load_pipeline
 from wanflow.media import to_uint8
 from wanflow.spec import RenderSpec
 from wanflow.text import MAX_SEQUENCE_LENGTH
@@ -60,6 +60,8 @@ class Generation:
     scheduler: dict = field(default_factory=dict)
     #: Tokens of the prompt (with ``</s>``); the text encoder reads at most :data:`MAX_SEQUENCE_LENGTH`.
     prompt_tokens: int = 0
+    #: How the denoiser ran: ``attention_backend``, ``compiled``, ``approximations`` (:mod:`wanflow.acceleration`).
+    acceleration: dict = field(default_factory=dict)
 
     @property
     def frames_sha256(self) -> str:
@@ -126,8 +128,20 @@ def generate(
         ModelNotFoundError, ValueError: from :func:`wanflow.loading.load_pipeline`.
     """
     options = options or LoadOptions()
+    loaded = load_pipeline(spec.model, spec.task, options, spec.approximations)
+    return run_pipeline(loaded, spec, on_step=on_step, progress=progress)
+
+
+def run_pipeline(
+    loaded: LoadedPipeline,
+    spec: RenderSpec,
+    on_step: Callable[[StepEvent], None] | None = None,
+    progress: bool = True,
+) -> Generation:
+    """Render ``spec`` on an already loaded pipeline (what :func:`generate` does after loading). The benchmark
+    (``bench/``) calls it with full-size random-weight pipelines it builds itself; arguments as :func:`generate`."""
+    options = loaded.options
     preset = spec.model
-    loaded = load_pipeline(preset, spec.task, options)
     pipe = loaded.pipe
     _set_flow_shift(pipe, spec.flow_shift)
     device = pipe._execution_device
@@ -239,4 +253,5 @@ def generate(
         pipeline_class=type(pipe).__name__,
         scheduler={"class": type(pipe.scheduler).__name__, **dict(pipe.scheduler.config)},
         prompt_tokens=prompt_tokens,
+        acceleration=dict(loaded.acceleration),
     )

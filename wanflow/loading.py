@@ -38,6 +38,13 @@ class LoadOptions:
         offload_model: keep components on the CPU and move each to the GPU while it runs
             (``enable_model_cpu_offload``; official ``--offload_model``). Slower, much less GPU memory.
         t5_cpu: run the text encoder on the CPU (official ``--t5_cpu``): saves its ~11 GB of GPU memory for UMT5-XXL.
+        group_offload: stream the experts' blocks to the GPU one group at a time on a side CUDA stream
+            (diffusers ``enable_group_offload``, block level, 1 block per group): the least GPU memory.
+        vae_tiling: decode the video in overlapping spatial tiles (``AutoencoderKLWan.enable_tiling``): lower
+            decode peak.
+        fast: the exact fast path of :mod:`wanflow.acceleration` (fastest exact attention backend, regional
+            compilation). None = on for real presets on CUDA, off otherwise (tiny and micro models are too small
+            to pay back a compile).
         model_dir: a local Diffusers-layout folder with the preset's weights (real presets).
     """
 
@@ -45,6 +52,9 @@ class LoadOptions:
     dtype: str = "auto"
     offload_model: bool = False
     t5_cpu: bool = False
+    group_offload: bool = False
+    vae_tiling: bool = False
+    fast: bool | None = None
     model_dir: str | None = None
 
     def torch_device(self) -> torch.device:
@@ -81,7 +91,24 @@ class LoadOptions:
             "dtype": str(self.torch_dtype()).removeprefix("torch."),
             "offload_model": str(self.offload_model).lower(),
             "t5_cpu": str(self.t5_cpu).lower(),
+            "group_offload": str(self.group_offload).lower(),
+            "vae_tiling": str(self.vae_tiling).lower(),
         }
+
+    def fast_for(self, preset: Preset) -> bool:
+        """Whether the exact fast path runs for ``preset`` (see ``fast``)."""
+        if self.fast is not None:
+            return self.fast and self.torch_device().type == "cuda"
+        return preset.kind == "real" and self.torch_device().type == "cuda"
+
+    def check(self) -> None:
+        """Refuse combinations that cannot run, before anything loads.
+
+        Raises:
+            ValueError: ``offload_model`` with ``group_offload`` (two offload schemes on the same modules).
+        """
+        if self.offload_model and self.group_offload:
+            raise ValueError("group_offload: cannot be combined with offload_model; choose one offload scheme")
 
 
 @dataclass(frozen=True)
@@ -89,7 +116,7 @@ class ModelSource:
     """Where a preset's weights were found: the folder, and a revision string for the run's tags."""
 
     path: Path
-    origin: Literal["local", "hub-cache", "hub", "tiny", "micro"]
+    origin: Literal["local", "hub-cache", "hub", "tiny", "micro", "random"]
     revision: str
 
 
@@ -179,6 +206,8 @@ class LoadedPipeline:
     options: LoadOptions
     load_seconds: float
     from_cache: bool
+    #: Run tags from :func:`wanflow.acceleration.accelerate`: attention backend, compiled, approximations.
+    acceleration: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -186,6 +215,7 @@ class _Cache:
     key: tuple | None = None
     source: ModelSource | None = None
     pipes: dict = field(default_factory=dict)
+    acceleration: dict = field(default_factory=dict)
 
 
 _cache = _Cache()
@@ -193,13 +223,24 @@ _cache = _Cache()
 
 def clear_cache() -> None:
     """Drop the kept pipeline (frees its memory once nothing else holds it)."""
-    _cache.key, _cache.source, _cache.pipes = None, None, {}
+    _cache.key, _cache.source, _cache.pipes, _cache.acceleration = None, None, {}, {}
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
 def _place(pipe: "DiffusionPipeline", options: LoadOptions) -> None:
     device = options.torch_device()
+    if options.vae_tiling:
+        pipe.vae.enable_tiling()
+    if options.group_offload and device.type != "cpu":
+        # the experts stream block by block; the text encoder and VAE go to the GPU whole unless t5_cpu
+        for name, module in pipe.components.items():
+            if name.startswith("transformer") and module is not None:
+                module.enable_group_offload(device, offload_type="block_level", num_blocks_per_group=1,
+                                            use_stream=True)
+        pipe.vae.to(device)
+        pipe.text_encoder.to("cpu" if options.t5_cpu else device)
+        return
     if options.offload_model and device.type != "cpu":
         if options.t5_cpu:
             pipe._exclude_from_cpu_offload = [*pipe._exclude_from_cpu_offload, "text_encoder"]
@@ -224,14 +265,16 @@ def _share(cls, base: "DiffusionPipeline") -> "DiffusionPipeline":
     return pipe
 
 
-def load_pipeline(preset: Preset, task: Literal["t2v", "i2v", "v2v"], options: LoadOptions | None = None) -> LoadedPipeline:
+def load_pipeline(preset: Preset, task: Literal["t2v", "i2v", "v2v"], options: LoadOptions | None = None,
+                  approximations: tuple[str, ...] = ()) -> LoadedPipeline:
     """The pipeline for ``preset`` and ``task``: ``WanPipeline`` for text-to-video, ``WanImageToVideoPipeline``
     for image-to-video (TI2V-5B's one set of weights serves both, sharing the modules), ``WanVideoToVideoPipeline``
     for video-to-video on the text-to-video A14B structure (its experts behind a
     :class:`wanflow.video2video.ExpertRouter`).
 
     The last loaded model stays in memory: a second call with the same preset and options (only the prompt or seed
-    changed) returns it without reloading (``from_cache=True``, ``load_seconds`` ~0).
+    changed) returns it without reloading (``from_cache=True``, ``load_seconds`` ~0). ``approximations`` (names
+    from :data:`wanflow.acceleration.APPROXIMATIONS`) change the weights or hooks, so a different set reloads.
 
     Raises:
         ModelNotFoundError: see :func:`find_model`.
@@ -239,13 +282,19 @@ def load_pipeline(preset: Preset, task: Literal["t2v", "i2v", "v2v"], options: L
     """
     from diffusers import DiffusionPipeline, WanImageToVideoPipeline, WanPipeline
 
+    from wanflow.acceleration import accelerate, check_approximations
+
     options = options or LoadOptions()
+    options.check()
     device, dtype = options.torch_device(), options.torch_dtype()
+    check_approximations(approximations, device)
     started = time.perf_counter()
     source = find_model(preset, options.model_dir)
-    key = (str(source.path), str(device), str(dtype), options.offload_model, options.t5_cpu)
+    key = (str(source.path), str(device), str(dtype), options.offload_model, options.t5_cpu, options.group_offload,
+           options.vae_tiling, options.fast_for(preset), tuple(sorted(approximations)))
     if _cache.key == key and task in _cache.pipes:
-        return LoadedPipeline(_cache.pipes[task], source, options, time.perf_counter() - started, True)
+        return LoadedPipeline(_cache.pipes[task], source, options, time.perf_counter() - started, True,
+                              _cache.acceleration)
     if _cache.key != key:
         clear_cache()
         base = DiffusionPipeline.from_pretrained(source.path, dtype=dtype)
@@ -262,6 +311,8 @@ def load_pipeline(preset: Preset, task: Literal["t2v", "i2v", "v2v"], options: L
             )
         base.set_progress_bar_config(disable=True)
         _place(base, options)
+        experts = {name: base.components[name] for name in ("transformer", "transformer_2") if base.components.get(name)}
+        _cache.acceleration = accelerate(experts, device, preset.tokens(), options.fast_for(preset), approximations)
         _cache.key, _cache.source = key, source
         _cache.pipes = {"i2v" if isinstance(base, WanImageToVideoPipeline) else "t2v": base}
     if task not in _cache.pipes:
@@ -274,4 +325,5 @@ def load_pipeline(preset: Preset, task: Literal["t2v", "i2v", "v2v"], options: L
             pipe = _share(WanImageToVideoPipeline if task == "i2v" else WanPipeline, other)
         pipe.set_progress_bar_config(disable=True)
         _cache.pipes[task] = pipe
-    return LoadedPipeline(_cache.pipes[task], source, options, time.perf_counter() - started, False)
+    return LoadedPipeline(_cache.pipes[task], source, options, time.perf_counter() - started, False,
+                          _cache.acceleration)

@@ -73,6 +73,14 @@ class Preset:
     def height(self) -> int:
         return self.sizes[0][1]
 
+    def tokens(self, width: int | None = None, height: int | None = None, num_frames: int | None = None) -> int:
+        """Sequence length of one transformer forward at this size (default: the preset's own): latent frames
+        ``(F - 1) // 4 + 1`` times latent pixels over the 2x2 patch, i.e. ``(H / size_multiple) * (W /
+        size_multiple)``. TI2V-5B 1280x704x121: 27,280; A14B 1280x720x81: 75,600 (``shared/RESEARCH.md`` §2)."""
+        width, height = width or self.width, height or self.height
+        frames = num_frames or self.num_frames
+        return ((frames - 1) // 4 + 1) * (height // self.size_multiple) * (width // self.size_multiple)
+
     @property
     def expand_timesteps(self) -> bool:
         """TI2V-5B's per-token timesteps (``expand_timesteps=True`` in diffusers), which its image-to-video needs."""

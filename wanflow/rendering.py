@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from wanflow import __version__
+from wanflow.acceleration import check_approximations
 from wanflow.generate import Generation, StepEvent, generate
 from wanflow.loading import LoadOptions, find_model
 from wanflow.media import MediaFiles, check_writable, write_outputs
@@ -100,7 +101,8 @@ def render(
         on_step: called after each denoising step (see :class:`wanflow.generate.StepEvent`).
 
     Raises:
-        ValueError: bad stage, device or dtype (before anything is loaded or logged).
+        ValueError: bad stage, device or dtype, conflicting memory options, approximations this machine cannot
+            run (before anything is loaded or logged).
         PermissionError: ``out_dir`` is not writable (before anything is loaded or logged).
         wanflow.tracking.TrackingError: the MLflow store cannot be reached (before the model loads).
         ModelNotFoundError: the preset's weights are missing (before anything is logged).
@@ -111,6 +113,8 @@ def render(
         raise ValueError(f"stage: {stage!r} is not one of {', '.join(STAGES)}")
     options = options or LoadOptions()
     option_tags = options.as_tags()  # raises on a bad device/dtype before any work
+    options.check()
+    check_approximations(spec.approximations, options.torch_device())
     find_model(spec.model, options.model_dir)  # raises ModelNotFoundError before a run exists
     folder = Path(out_dir) if out_dir is not None else default_out_dir(spec)
     created = not folder.exists()
@@ -185,4 +189,5 @@ def _result_tags(generation: Generation) -> dict[str, str]:
         "frames_sha256": generation.frames_sha256,
         "prompt_truncated": str(generation.prompt_tokens > MAX_SEQUENCE_LENGTH).lower(),
         "peak_memory_kind": generation.memory_kind,
+        **generation.acceleration,
     }

@@ -38,7 +38,7 @@ LIMITS = {
 #: default.
 DEFAULT_STRENGTH = 0.8
 #: Fields added after version 1 are left out of the canonical JSON while unset, so older specs keep their ids.
-_OPTIONAL_FIELDS = ("video", "video_sha256", "strength")
+_OPTIONAL_FIELDS = ("video", "video_sha256", "strength", "approximations")
 
 
 class Adapter(BaseModel):
@@ -91,6 +91,8 @@ class RenderSpec(BaseModel):
     video_sha256: str | None = None
     strength: float | None = None
     adapters: tuple[Adapter, ...] = Field(default=())
+    #: Opt-in speed-ups that change the frames (see :mod:`wanflow.acceleration`); empty = exact.
+    approximations: tuple[Literal["first-block-cache", "fp8", "sage-attention"], ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -126,6 +128,10 @@ class RenderSpec(BaseModel):
                 data[key] = os.path.abspath(os.path.expanduser(os.fspath(data[key])))
         if data.get("video") is not None and data.get("strength") is None:
             data["strength"] = DEFAULT_STRENGTH
+        if isinstance(data.get("approximations"), str):  # "fp8,first-block-cache" from a CLI or a param
+            data["approximations"] = [name for name in data["approximations"].split(",") if name.strip()]
+        if isinstance(data.get("approximations"), (list, tuple)):  # a set: order and repeats do not matter
+            data["approximations"] = tuple(sorted({str(name).strip() for name in data["approximations"]}))
         return data
 
     @model_validator(mode="after")
@@ -170,10 +176,10 @@ class RenderSpec(BaseModel):
 
     def canonical_json(self) -> str:
         """The spec as JSON with sorted keys and no whitespace: the form that is hashed and stored. Fields added
-        after version 1 (``video``, ``video_sha256``, ``strength``) are left out while unset."""
+        after version 1 (``video``, ``video_sha256``, ``strength``, ``approximations``) are left out while unset."""
         data = self.model_dump(mode="json")
         for key in _OPTIONAL_FIELDS:
-            if data[key] is None:
+            if data[key] is None or data[key] == []:
                 del data[key]
         return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -188,6 +194,8 @@ class RenderSpec(BaseModel):
         for key, value in self.model_dump(mode="json").items():
             if key == "adapters":
                 out[key] = json.dumps(value, ensure_ascii=False)
+            elif key == "approximations":
+                out[key] = ",".join(value) or "none"
             else:
                 out[key] = "" if value is None else str(value)
         return out

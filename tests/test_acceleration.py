@@ -1,0 +1,106 @@
+"""The fast path's switches and the approximations, as far as a CPU can check them (speed is in bench/)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import wanflow
+from wanflow import acceleration
+from wanflow.loading import LoadOptions, clear_cache, load_pipeline
+from wanflow.presets import get_preset
+from wanflow.spec import RenderSpec
+from tests.conftest import PROMPT
+
+
+def test_approximations_are_a_set_in_the_spec_and_leave_old_ids_alone():
+    plain = RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=1)
+    cached = RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=1, approximations="fp8, first-block-cache,fp8")
+    assert cached.approximations == ("first-block-cache", "fp8")
+    assert "approximations" not in plain.canonical_json()  # specs made before the field keep their ids
+    assert cached.spec_id != plain.spec_id
+    assert cached.to_params()["approximations"] == "first-block-cache,fp8"
+    assert plain.to_params()["approximations"] == "none"
+    assert RenderSpec.model_validate_json(cached.canonical_json()) == cached
+    with pytest.raises(ValueError, match="approximations"):
+        RenderSpec(preset="tiny-ti2v", prompt=PROMPT, approximations=["turbo"])
+
+
+def test_gpu_only_approximations_are_refused_on_cpu_before_a_run(store, tmp_path):
+    spec = RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=1, approximations=["fp8"])
+    with pytest.raises(ValueError, match=r"approximations: fp8 run on CUDA GPUs only"):
+        wanflow.render(spec, options=LoadOptions(device="cpu"), tracking_uri=store, out_dir=tmp_path / "out")
+    assert wanflow.history(store).empty
+    assert not (tmp_path / "out").exists()
+
+
+def test_offload_schemes_do_not_mix():
+    with pytest.raises(ValueError, match="group_offload: cannot be combined with offload_model"):
+        LoadOptions(offload_model=True, group_offload=True).check()
+
+
+def test_fast_path_is_for_real_models_on_cuda():
+    cpu = LoadOptions(device="cpu")
+    assert not cpu.fast_for(get_preset("ti2v-5b"))
+    assert not LoadOptions(device="cpu", fast=True).fast_for(get_preset("ti2v-5b"))  # nothing to gain on a CPU
+    assert acceleration.pick_attention(cpu.torch_device(), 24, 128, 27280) == ("native", {})
+
+
+def test_tokens_per_forward_match_the_measured_table():
+    # shared/RESEARCH.md §2: 27,280 / 75,600 / 32,760 tokens
+    assert get_preset("ti2v-5b").tokens() == 27280
+    assert get_preset("t2v-a14b").tokens() == 75600
+    assert get_preset("t2v-a14b").tokens(832, 480, 81) == 32760
+    assert get_preset("tiny-ti2v").tokens() == 3 * 2 * 2
+
+
+def test_benchmark_flop_count_matches_the_measured_table():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.fullsize import forward_flops
+
+    ti2v = forward_flops("ti2v-5b", 27280)
+    assert ti2v["total"] / 1e12 == pytest.approx(517, abs=1)
+    assert ti2v["attention"] / ti2v["total"] == pytest.approx(0.53, abs=0.01)
+    assert forward_flops("t2v-a14b", 75600)["total"] / 1e12 == pytest.approx(6523, abs=1)
+    assert forward_flops("t2v-a14b", 32760)["total"] / 1e12 == pytest.approx(1678, abs=1)
+
+
+def _attn_calls(expert) -> list[int]:
+    """A counter of how often the last block's self-attention runs (the First Block Cache skips it)."""
+    calls = [0]
+    expert.blocks[-1].attn1.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_first_block_cache_skips_blocks_of_both_experts_and_is_tagged(store, tmp_path, monkeypatch):
+    clear_cache()
+    # a threshold no change reaches: every step after the first reuses the cached residual
+    monkeypatch.setattr(acceleration, "FIRST_BLOCK_CACHE_THRESHOLD", 1e9)
+    spec = RenderSpec(preset="tiny-t2v-a14b", prompt=PROMPT, seed=3, num_inference_steps=6,
+                      approximations=["first-block-cache"])
+    loaded = load_pipeline(spec.model, "t2v", LoadOptions(device="cpu"), spec.approximations)
+    counts = {name: _attn_calls(getattr(loaded.pipe, name)) for name in ("transformer", "transformer_2")}
+    result = wanflow.render(spec, options=LoadOptions(device="cpu"), tracking_uri=store, out_dir=tmp_path / "fbc",
+                            progress=False)
+    steps = {name: sum(1 for s in result.steps if s.expert == name) for name in counts}
+    assert steps["transformer"] >= 2 and steps["transformer_2"] >= 2
+    for name, calls in counts.items():
+        # cond + uncond of the expert's first step run every block; the cached steps skip the tail blocks
+        assert calls[0] == 2, (name, calls[0], steps[name])
+    tags = wanflow.history(store).iloc[0]
+    run = __import__("mlflow").MlflowClient(store).get_run(tags["run_id"])
+    assert run.data.tags["approximations"] == "first-block-cache"
+    assert run.data.tags["compiled"] == "false" and run.data.tags["attention_backend"] == "native"
+    assert run.data.params["approximations"] == "first-block-cache"
+    clear_cache()
+
+
+def test_exact_render_is_tagged_and_vae_tiling_reaches_the_vae():
+    clear_cache()
+    loaded = load_pipeline(get_preset("tiny-ti2v"), "t2v", LoadOptions(device="cpu", vae_tiling=True))
+    assert loaded.pipe.vae.use_tiling
+    assert loaded.acceleration == {"attention_backend": "native", "compiled": "false", "approximations": "none"}
+    assert LoadOptions(device="cpu", vae_tiling=True).as_tags()["vae_tiling"] == "true"
+    clear_cache()

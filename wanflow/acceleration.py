@@ -1,0 +1,200 @@
+"""How fast the denoiser runs on a GPU: the attention backend, regional compilation, and the opt-in approximations.
+
+Exact path (same math, bf16 noise only), on by default on CUDA (``LoadOptions.fast``):
+
+- **attention backend**: the fastest exact kernel this machine has, measured once per GPU, torch version and head
+  shape (:func:`pick_attention`) among diffusers' exact backends (cuDNN, FlashAttention 3/2, PyTorch's flash and
+  memory-efficient kernels, PyTorch's default), set on every expert. Attention is 53% of TI2V-5B's and 72% of an
+  A14B expert's FLOPs at 720p, and on one H200 cuDNN ran at 616 / 556 TFLOP/s against 371 / 353 for PyTorch's
+  flash kernel (``shared/RESEARCH.md`` §2), so the kernel decides the speed. The choice is a run tag.
+- **regional compilation** (``compile_repeated_blocks``: the transformer block is compiled once and reused by every
+  block of both experts). Inductor's on-disk caches (FX graph and AOTAutograd) are kept under
+  ``$WANFLOW_CACHE/inductor`` instead of ``/tmp``, so a second process on the same machine skips most of the compile.
+
+Approximations (``RenderSpec.approximations``; they change the frames, so they are part of the spec and its id):
+
+- ``first-block-cache``: diffusers' First Block Cache on every expert (threshold :data:`FIRST_BLOCK_CACHE_THRESHOLD`):
+  a step whose first block's residual barely changed reuses the cached residual of the other blocks.
+- ``fp8``: torchao float8 dynamic activation + float8 per-row weight quantization of every expert's linear layers
+  (compute capability >= 8.9: H100, L40S, RTX 4090; not the A100).
+- ``sage-attention``: diffusers' ``sage`` backend (SageAttention >= 2.1.1, int8 QK / fp8 PV), when installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+#: diffusers' exact attention backends, fastest first where known (``shared/RESEARCH.md`` §2). ``native`` is
+#: ``F.scaled_dot_product_attention`` with PyTorch's own choice: always available, the fallback.
+EXACT_ATTENTION = ("_flash_3", "flash", "_native_cudnn", "_native_flash", "_native_efficient", "native")
+#: The opt-in approximations, as spelled in a spec.
+APPROXIMATIONS = ("first-block-cache", "fp8", "sage-attention")
+#: diffusers' default First Block Cache threshold (``FirstBlockCacheConfig``): mean absolute relative change of the
+#: first block's residual below which a step reuses the cache.
+FIRST_BLOCK_CACHE_THRESHOLD = 0.05
+#: Most tokens used when timing attention kernels (the ranking is stable past a few thousand tokens; this keeps the
+#: one-off measurement under a few seconds even for A14B 720p, 75,600 tokens).
+MAX_TIMED_TOKENS = 32768
+
+
+def _cache_file() -> Path:
+    from wanflow.tiny import cache_root
+
+    return cache_root() / "attention.json"
+
+
+def use_inductor_cache() -> Path:
+    """Point Inductor's on-disk caches at ``$WANFLOW_CACHE/inductor`` (unless ``TORCHINDUCTOR_CACHE_DIR`` is set)
+    and make sure the FX graph and AOTAutograd caches are on. Returns the folder."""
+    from wanflow.tiny import cache_root
+
+    folder = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor")))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    return folder
+
+
+def _time_backend(backend: str, q: torch.Tensor, reference: torch.Tensor | None, repeats: int = 5) -> float | None:
+    """Seconds per call of ``backend`` on (B, S, H, D) inputs, or None if it is missing, fails, or (exactness
+    check) differs from PyTorch's default by more than bf16 noise."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    try:
+        out = dispatch_attention_fn(q, q, q, backend=backend)
+        if reference is not None and (out.float() - reference.float()).abs().max().item() > 0.05:
+            return None
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            dispatch_attention_fn(q, q, q, backend=backend)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000 / repeats
+    except Exception:  # not installed, wrong GPU, unsupported shape: not a candidate
+        return None
+
+
+def pick_attention(device: torch.device, heads: int, head_dim: int, tokens: int,
+                   candidates: Iterable[str] = EXACT_ATTENTION) -> tuple[str, dict[str, float]]:
+    """The fastest exact attention backend for (``tokens``, ``heads`` x ``head_dim``) on ``device``, and the seconds
+    each candidate took (missing / failing ones left out).
+
+    Measured once with bf16 random inputs (at most :data:`MAX_TIMED_TOKENS` tokens) and remembered in
+    ``$WANFLOW_CACHE/attention.json`` per GPU name, torch and diffusers version and shape. On CPU (or MPS) it is
+    ``native`` without measuring.
+    """
+    if device.type != "cuda":
+        return "native", {}
+    import diffusers
+
+    tokens = min(tokens, MAX_TIMED_TOKENS)
+    key = (f"{torch.cuda.get_device_name(device)}|torch {torch.__version__}|diffusers {diffusers.__version__}"
+           f"|{heads}x{head_dim}|{tokens}")
+    path = _cache_file()
+    known = json.loads(path.read_text()) if path.exists() else {}
+    if key in known:
+        return known[key]["backend"], known[key]["seconds"]
+    generator = torch.Generator(device).manual_seed(0)
+    q = torch.randn(1, tokens, heads, head_dim, device=device, dtype=torch.bfloat16, generator=generator)
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    reference = dispatch_attention_fn(q, q, q, backend="native")
+    seconds = {}
+    for backend in candidates:
+        took = _time_backend(backend, q, reference)
+        if took is not None:
+            seconds[backend] = took
+    best = min(seconds, key=seconds.get) if seconds else "native"
+    known[key] = {"backend": best, "seconds": seconds, "measured": time.strftime("%Y-%m-%d")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(known, indent=1))
+    tmp.replace(path)
+    return best, seconds
+
+
+def check_approximations(names: Iterable[str], device: torch.device) -> None:
+    """Refuse approximations this machine cannot run, before any model work.
+
+    Raises:
+        ValueError: ``approximations: ...`` naming what is missing (``fp8`` and ``sage-attention`` need a CUDA
+            GPU; ``fp8`` compute capability >= 8.9 and torchao; ``sage-attention`` SageAttention >= 2.1.1).
+    """
+    names = set(names)
+    gpu_only = sorted(names & {"fp8", "sage-attention"})
+    if gpu_only and device.type != "cuda":
+        raise ValueError(f"approximations: {', '.join(gpu_only)} run on CUDA GPUs only; this render runs on "
+                         f"{device.type} (drop them, or use --device cuda)")
+    if "fp8" in names:
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 9):
+            raise ValueError(f"approximations: fp8 needs compute capability >= 8.9 (H100, L40S, RTX 4090); "
+                             f"{torch.cuda.get_device_name(device)} is sm{major}{minor}")
+        try:
+            import torchao  # noqa: F401
+        except ImportError:
+            raise ValueError("approximations: fp8 needs torchao (`pip install torchao`)") from None
+    if "sage-attention" in names:
+        from diffusers.utils import is_sageattention_available
+
+        if not is_sageattention_available():
+            raise ValueError("approximations: sage-attention needs SageAttention >= 2.1.1 "
+                             "(built for this GPU: see github.com/thu-ml/SageAttention)")
+
+
+def accelerate(experts: dict[str, torch.nn.Module], device: torch.device, tokens: int, compile_blocks: bool,
+               approximations: Iterable[str] = ()) -> dict[str, str]:
+    """Apply the exact fast path and ``approximations`` to every expert (``transformer``, ``transformer_2``), in
+    place. Per-expert features must reach both experts of a two-expert model (``shared/RESEARCH.md`` §1).
+
+    Args:
+        experts: the pipeline's transformers by name.
+        device: where they run; on CPU (and MPS) only ``first-block-cache`` applies (attention stays PyTorch's
+            default, nothing is compiled).
+        tokens: sequence length of one forward (sets the shape the attention kernels are timed at).
+        compile_blocks: compile the repeated transformer blocks (``torch.compile``, lazily on the first forward).
+        approximations: names from :data:`APPROXIMATIONS`.
+
+    Returns the run tags: ``attention_backend``, ``compiled``, ``approximations``.
+    """
+    approximations = tuple(sorted(set(approximations)))
+    check_approximations(approximations, device)
+    tags = {"attention_backend": "native", "compiled": "false", "approximations": ",".join(approximations) or "none"}
+    if "first-block-cache" in approximations:
+        from diffusers import FirstBlockCacheConfig
+
+        for expert in experts.values():
+            expert.enable_cache(FirstBlockCacheConfig(threshold=FIRST_BLOCK_CACHE_THRESHOLD))
+    if device.type != "cuda":
+        return tags
+    first = next(iter(experts.values()))
+    heads, head_dim = first.config.num_attention_heads, first.config.attention_head_dim
+    if "sage-attention" in approximations:
+        backend = "sage"
+    else:
+        backend, _ = pick_attention(device, heads, head_dim, tokens)
+    if "fp8" in approximations:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+        for expert in experts.values():
+            quantize_(expert, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    # The cache's hooks keep Python state between blocks, which compiled blocks keep recompiling on: on one H200 a
+    # compiled TI2V-5B 720p render with the cache had not finished after 2 minutes (exact path: 102 s). So a cached
+    # render runs its blocks eagerly.
+    compile_blocks = compile_blocks and "first-block-cache" not in approximations
+    for expert in experts.values():
+        expert.set_attention_backend(backend)
+        if compile_blocks:
+            use_inductor_cache()
+            expert.compile_repeated_blocks(fullgraph=True)
+    if compile_blocks:
+        # cuDNN times its convolution algorithms once per shape: the VAE decodes 3-4% faster (module docstring)
+        torch.backends.cudnn.benchmark = True
+    tags.update(attention_backend=backend, compiled=str(compile_blocks).lower())
+    return tags
