@@ -227,7 +227,7 @@ def find_model(preset: Preset, model_dir: str | os.PathLike | None = None) -> Mo
     else:
         looked.append("the Hub (skipped: HF_HUB_OFFLINE is set)")
     raise ModelNotFoundError(
-        f"preset {preset.name}: weights for {preset.hub_id} not found. Looked in: " + "; ".join(looked) + ". "
+        f"preset: {preset.name}'s weights for {preset.hub_id} not found. Looked in: " + "; ".join(looked) + ". "
         f"Get them with `hf download {preset.hub_id} --local-dir ~/models/{repo_name}` and pass "
         f"`--model-dir ~/models/{repo_name}` (or set WANFLOW_MODEL_DIR=~/models)."
     )
