@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import subprocess
 import threading
@@ -48,6 +49,21 @@ class MediaFiles:
 
     def as_dict(self) -> dict[str, Path]:
         return {"video": self.video, "preview": self.preview, "contact_sheet": self.contact_sheet, "spec": self.spec}
+
+
+#: Longest file-name component :func:`safe_name` makes (well under every file system's 255 bytes).
+MAX_NAME_LENGTH = 64
+
+
+def safe_name(text: str, fallback: str = "untitled", max_length: int = MAX_NAME_LENGTH) -> str:
+    """``text`` as one file-name component that stays where it is put: ASCII letters, digits, ``.``, ``_`` and
+    ``-`` only (every other run of characters, ``/``, NUL, control characters and emoji included, becomes one
+    ``-``), no leading or trailing ``.``, ``_`` or ``-`` (so never ``..`` nor a hidden file), at most
+    ``max_length`` characters; ``fallback`` when nothing is left. ``safe_name("../../etc/passwd") == "etc-passwd"``.
+    Names wanflow makes from user text (presets, lock names) go through it, whatever validated them before."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("._-")
+    name = name[:max_length].rstrip("._-")
+    return name or fallback
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from wanflow import __version__
 from wanflow.exceptions import DiskFullError, is_disk_full
 from wanflow.generate import Generation, StepEvent, generate
 from wanflow.loading import LoadOptions, find_model
-from wanflow.media import MediaFiles, check_writable, write_outputs
+from wanflow.media import MediaFiles, check_writable, safe_name, write_outputs
 from wanflow.quality import frame_metrics
 from wanflow.spec import RenderSpec
 from wanflow.text import MAX_SEQUENCE_LENGTH
@@ -60,9 +60,9 @@ class RenderResult:
 
 
 def default_out_dir(spec: RenderSpec) -> Path:
-    """``outputs/<UTC time>-<preset>-<spec_id[:8]>`` under the current folder."""
+    """``outputs/<UTC time>-<preset>-<spec_id[:8]>`` under the current folder (never anything from the prompt)."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path("outputs") / f"{stamp}-{spec.preset}-{spec.spec_id[:8]}"
+    return Path("outputs") / f"{stamp}-{safe_name(spec.preset)}-{spec.spec_id[:8]}"
 
 
 def _versions() -> dict[str, str]:

@@ -250,8 +250,10 @@ def _save_frame(video: Path, index: int, folder: Path) -> Path:
 
 def default_final_dir(plan: FinalPlan) -> Path:
     """``outputs/<UTC time>-final-<lock>-<final_spec_id[:8]>`` under the current folder."""
+    from wanflow.media import safe_name
+
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path("outputs") / f"{stamp}-final-{plan.lock.name}-{plan.final_spec_id[:8]}"
+    return Path("outputs") / f"{stamp}-final-{safe_name(plan.lock.name)}-{plan.final_spec_id[:8]}"
 
 
 def render_final(
