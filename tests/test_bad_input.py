@@ -537,16 +537,6 @@ def leftovers(folder: Path) -> list[Path]:
             or p.name.startswith(".write-test")]
 
 
-@pytest.fixture(scope="module")
-def template_store(tmp_path_factory) -> Path:
-    """An empty SQLite store with MLflow's tables, made once (migrations take seconds); each case copies it."""
-    from mlflow.tracking import MlflowClient
-
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()
-    return db
-
-
 @pytest.fixture
 def counted(monkeypatch):
     """Counts of model loads: ``generate`` calls and ``DiffusionPipeline.from_pretrained`` calls."""
@@ -581,11 +571,9 @@ def test_catalog_covers_every_entry_point():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, tmp_path, monkeypatch, capsys, template_store, counted):
-    db = tmp_path / "mlruns" / "mlflow.db"
-    db.parent.mkdir()
-    shutil.copy(template_store, db)
-    store = f"sqlite:///{db}"
+def test_bad_input(case: Case, tmp_path, monkeypatch, capsys, fresh_store, counted):
+    store = fresh_store
+    db = Path(store.removeprefix("sqlite:///"))
     out = tmp_path / "out"
     places = case.setup(tmp_path, monkeypatch) if case.setup else {}
     given = _resolve(case.input, places)
@@ -640,13 +628,12 @@ def test_bad_input(case: Case, tmp_path, monkeypatch, capsys, template_store, co
         assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
 
 
-def test_the_checks_would_catch_a_leftover_and_a_running_run(tmp_path, template_store):
+def test_the_checks_would_catch_a_leftover_and_a_running_run(tmp_path, fresh_store):
     """The catalog's own checks fail on what they guard against: a RUNNING run and a temporary or finished file."""
     from mlflow.tracking import MlflowClient
 
-    db = tmp_path / "mlflow.db"
-    shutil.copy(template_store, db)
-    client = MlflowClient(f"sqlite:///{db}")
+    db = Path(fresh_store.removeprefix("sqlite:///"))
+    client = MlflowClient(fresh_store)
     client.create_run(client.create_experiment("x"))
     assert [status for status, _ in runs_in(db)] == ["RUNNING"]
     (tmp_path / "out").mkdir()
