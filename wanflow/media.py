@@ -224,6 +224,7 @@ def write_preview_gif(frames: np.ndarray, path: Path, fps: int) -> Path:
 
 
 def _save_preview_gif(frames: np.ndarray, path: Path, fps: int) -> None:
+    """The gif of :func:`write_preview_gif`, written straight to ``path`` (the caller makes it atomic)."""
     frames = to_uint8(frames)
     step = max(1, -(-len(frames) // PREVIEW_MAX_FRAMES))
     images = [_resize_for_preview(Image.fromarray(f)) for f in frames[::step]]
@@ -247,6 +248,7 @@ def write_contact_sheet(frames: np.ndarray, path: Path) -> Path:
 
 
 def _save_contact_sheet(frames: np.ndarray, path: Path) -> None:
+    """The PNG of :func:`write_contact_sheet`, written straight to ``path`` (the caller makes it atomic)."""
     frames = to_uint8(frames)
     indices = keyframe_indices(len(frames))
     tiles = [_resize_for_preview(Image.fromarray(frames[i])) for i in indices]

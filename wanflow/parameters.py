@@ -20,6 +20,7 @@ class ParameterError(ValueError):
 
 
 def _shown(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters (a parameter may hold a whole document)."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -216,6 +216,7 @@ class RenderSpec(BaseModel):
 
 
 def _as_path(value: Any, allowed: str) -> str:
+    """A path field's value as a string (``os.PathLike`` too); ParameterError for a non-path, empty or NUL."""
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str):
