@@ -30,6 +30,28 @@ def store(tmp_path):
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
 
 
+@pytest.fixture(scope="session")
+def migrated_store_template(tmp_path_factory):
+    """An empty SQLite store with MLflow's tables, made once per session (MLflow's migrations take seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def fresh_store(tmp_path, migrated_store_template):
+    """Like ``store``, but a copy of an already migrated empty database (``tmp_path/mlruns/mlflow.db``): as fresh,
+    without MLflow's seconds of schema migration."""
+    import shutil
+
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir(exist_ok=True)
+    shutil.copy(migrated_store_template, db)
+    return f"sqlite:///{db}"
+
+
 @pytest.fixture
 def red_image(tmp_path):
     """A 64x64 PNG: red disc on blue, the first frame for image-to-video."""

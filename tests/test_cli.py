@@ -77,7 +77,7 @@ def test_render_respects_tracking_uri_env_and_spec_rerender(tmp_path, store):
         (["--image", "/no/such.png"], "image: /no/such.png does not exist"),
         (["--seed", "-5"], "seed: -5 is out of range"),
         (["--device", "quantum"], "device: unknown device 'quantum'"),
-        (["--model", "ti2v-5b"], "weights for Wan-AI/Wan2.2-TI2V-5B-Diffusers not found"),
+        (["--model", "ti2v-5b"], "preset: ti2v-5b's weights for Wan-AI/Wan2.2-TI2V-5B-Diffusers not found"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field(args, words, tmp_path, capsys, monkeypatch):

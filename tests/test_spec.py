@@ -42,7 +42,7 @@ def test_missing_seed_is_drawn_and_kept():
         (dict(guidance_scale_2=3.0), "guidance_scale_2", "only for two-expert presets"),
         (dict(seed=-1), "seed", f"0 to {MAX_SEED}"),
         (dict(seed=2**32), "seed", "out of range"),
-        (dict(seed=1.5), "seed", "valid integer"),
+        (dict(seed=1.5), "seed", "1.5 is not an integer; use an integer from 0 to"),
         (dict(prompt="   \n"), "prompt", "must not be empty"),
         (dict(num_inference_steps=0), "num_inference_steps", "allowed 1..1000"),
         (dict(flow_shift=0), "flow_shift", "out of range"),
@@ -51,7 +51,7 @@ def test_missing_seed_is_drawn_and_kept():
         (dict(preset="t2v-a14b", image="x.png"), "image", "text-to-video only"),
         (dict(image="/no/such/file.png"), "image", "does not exist"),
         (dict(preset="nope"), "preset", "unknown model 'nope'; choose one of: ti2v-5b"),
-        (dict(colour="red"), "colour", "Extra inputs are not permitted"),
+        (dict(colour="red"), "colour", "not a spec field; allowed fields: version, preset, prompt"),
         (dict(adapters=[{"path": "lora.safetensors"}]), "adapters", "not supported yet"),
     ],
 )

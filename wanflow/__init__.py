@@ -25,6 +25,8 @@ _EXPORTS = {
     "RenderSpec": "wanflow.spec",
     "LoadOptions": "wanflow.loading",
     "ModelNotFoundError": "wanflow.exceptions",
+    "ModelLoadError": "wanflow.exceptions",
+    "DiskFullError": "wanflow.exceptions",
     "TrackingError": "wanflow.exceptions",
     "RenderResult": "wanflow.rendering",
     "render": "wanflow.rendering",

@@ -45,6 +45,29 @@ def _positive(text: str) -> int:
     return value
 
 
+def _integer(field: str, allowed: str):
+    """An argparse ``type`` for an integer option whose error names the spec field and what is allowed
+    (``argument --seed: seed: 'abc' is not an integer; use an integer from 0 to 4294967295``)."""
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{field}: {text!r} is not an integer; {allowed}") from None
+
+    return parse
+
+
+def _number(field: str, allowed: str):
+    """An argparse ``type`` for a number option, with the same kind of message as :func:`_integer`."""
+    def parse(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{field}: {text!r} is not a number; {allowed}") from None
+
+    return parse
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:
@@ -234,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "on a blue background\"`, then `wanflow history` and `wanflow ui`.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from wanflow.spec import LIMITS, MAX_SEED  # no torch: cheap
+
+    def limits(field: str) -> str:
+        return "allowed {}..{}".format(*LIMITS[field])
+
+    seed = _integer("seed", f"use an integer from 0 to {MAX_SEED}")
+    steps = _integer("num_inference_steps", limits("num_inference_steps"))
+    width, height = _integer("width", limits("width")), _integer("height", limits("height"))
+    frames = _integer("num_frames", f"4k+1 in {LIMITS['num_frames'][0]}..{LIMITS['num_frames'][1]}")
 
     models = sub.add_parser("models", help="list model presets and their official settings")
     models.add_argument("--json", action="store_true", help="machine-readable output")
@@ -245,15 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("prompt", nargs="?", help="what the video shows")
     r.add_argument("--model", help="preset name (default: the embedded model; see `wanflow models`)")
     r.add_argument("--spec", metavar="FILE", help="re-render a saved spec.json (other options override its fields)")
-    r.add_argument("--seed", type=int, help="noise seed 0..4294967295 (default: random, printed and logged)")
-    r.add_argument("--steps", type=int, help="num_inference_steps")
-    r.add_argument("--guidance", type=float, help="guidance_scale (high-noise expert on two-expert models)")
-    r.add_argument("--guidance-2", type=float, help="guidance_scale_2 (low-noise expert; two-expert models only)")
-    r.add_argument("--flow-shift", type=float, help="scheduler flow_shift (sample shift)")
-    r.add_argument("--width", type=int, help="width in pixels")
-    r.add_argument("--height", type=int, help="height in pixels")
-    r.add_argument("--frames", type=int, help="num_frames, 4k+1")
-    r.add_argument("--fps", type=int, help="frames per second of the mp4")
+    r.add_argument("--seed", type=seed, help="noise seed 0..4294967295 (default: random, printed and logged)")
+    r.add_argument("--steps", type=steps, help="num_inference_steps")
+    r.add_argument("--guidance", type=_number("guidance_scale", limits("guidance_scale")),
+                   help="guidance_scale (high-noise expert on two-expert models)")
+    r.add_argument("--guidance-2", type=_number("guidance_scale_2", limits("guidance_scale_2")),
+                   help="guidance_scale_2 (low-noise expert; two-expert models only)")
+    r.add_argument("--flow-shift", type=_number("flow_shift", limits("flow_shift")),
+                   help="scheduler flow_shift (sample shift)")
+    r.add_argument("--width", type=width, help="width in pixels")
+    r.add_argument("--height", type=height, help="height in pixels")
+    r.add_argument("--frames", type=frames, help="num_frames, 4k+1")
+    r.add_argument("--fps", type=_integer("fps", limits("fps")), help="frames per second of the mp4")
     r.add_argument("--negative", help="negative_prompt (default: the preset's)")
     r.add_argument("--image", help="first frame for image-to-video (PNG/JPEG/WebP)")
     r.add_argument("--out", metavar="DIR", help="output folder (default: outputs/<time>-<preset>-<spec id>)")
@@ -324,13 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="final preset (default: t2v-a14b; i2v-a14b for --mode first-frame)")
     rp.add_argument("--mode", default="fresh", choices=["fresh", "first-frame", "draft-v2v"],
                     help="how the draft carries over (default fresh)")
-    rp.add_argument("--strength", type=float, default=0.5, help="draft-v2v: 0 < strength <= 1 (default 0.5)")
-    rp.add_argument("--frame", type=int, default=0, help="first-frame: the draft frame to start from (default 0)")
-    rp.add_argument("--seed", type=int, help="final seed (default: a new one per lock; seeds never carry over)")
-    rp.add_argument("--steps", type=int, help="num_inference_steps (default: the final preset's)")
-    rp.add_argument("--width", type=int, help="width in pixels (default: the final preset's)")
-    rp.add_argument("--height", type=int, help="height in pixels (default: the final preset's)")
-    rp.add_argument("--frames", type=int, help="num_frames, 4k+1 (default: the final preset's)")
+    rp.add_argument("--strength", type=_number("strength", "allowed 0 < strength <= 1"), default=0.5,
+                    help="draft-v2v: 0 < strength <= 1 (default 0.5)")
+    rp.add_argument("--frame", type=_integer("frame_index", "use an integer >= 0 (a frame of the draft)"), default=0,
+                    help="first-frame: the draft frame to start from (default 0)")
+    rp.add_argument("--seed", type=seed, help="final seed (default: a new one per lock; seeds never carry over)")
+    rp.add_argument("--steps", type=steps, help="num_inference_steps (default: the final preset's)")
+    rp.add_argument("--width", type=width, help="width in pixels (default: the final preset's)")
+    rp.add_argument("--height", type=height, help="height in pixels (default: the final preset's)")
+    rp.add_argument("--frames", type=frames, help="num_frames, 4k+1 (default: the final preset's)")
     rp.add_argument("--force", action="store_true", help="render again locks that already have this final")
     rp.add_argument("--out", metavar="DIR", default="outputs/replay", help="output folder (default outputs/replay)")
     rp.add_argument("--notebook", metavar="PATH", default=None, help="the final-render notebook "

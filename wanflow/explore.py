@@ -48,6 +48,36 @@ def notebook_paths(tracking_uri: str = "", output_dir: str | os.PathLike = "outp
     return uri, folder if folder.is_absolute() else root / folder
 
 
+def check_notebook_parameters(preset: object, tracking_uri: object, output_dir: object, headless_prompt: object,
+                              headless_seed: object) -> int:
+    """Check ``01_explore.ipynb``'s papermill parameters by type before anything runs (papermill injects whatever
+    it is given: ``-p headless_seed abc`` is a string, a parameter may be None). Returns ``headless_seed`` as an int.
+
+    Raises:
+        ValueError: one line per bad parameter, ``name: what it is; what is allowed``.
+    """
+    from wanflow.parameters import as_integer, as_text, check, raise_problems
+    from wanflow.presets import PRESETS
+    from wanflow.spec import MAX_SEED
+
+    values = dict(preset=preset, tracking_uri=tracking_uri, output_dir=output_dir, headless_prompt=headless_prompt,
+                  headless_seed=headless_seed)
+    values, problems = check(values, {
+        "preset": (as_text, f"give a preset name ({', '.join(PRESETS)}), or \"\" for the default", False),
+        "tracking_uri": (as_text, "give an MLflow store URI, or \"\" for the default", False),
+        "output_dir": (as_text, "give a folder path", False),
+        "headless_prompt": (as_text, "give a prompt, or \"\" for no headless render", False),
+        "headless_seed": (as_integer, f"use an integer from 0 to {MAX_SEED}", False),
+    })
+    if isinstance(values["preset"], str) and values["preset"] and values["preset"] not in PRESETS:
+        problems.append(("preset", f"unknown preset {values['preset']!r}; choose one of: {', '.join(PRESETS)}"))
+    if isinstance(values["headless_seed"], int) and not 0 <= values["headless_seed"] <= MAX_SEED:
+        problems.append(("headless_seed", f"{values['headless_seed']} is out of range; use an integer from 0 to "
+                                          f"{MAX_SEED}"))
+    raise_problems(problems)
+    return values["headless_seed"]
+
+
 @dataclass(frozen=True)
 class StudioState:
     """What the studio's controls hold: one render's inputs before validation.
@@ -237,6 +267,9 @@ class HistoryRow:
     start_time: pd.Timestamp
     artifact_uri: str
     params: dict
+    #: spec fields whose param MLflow holds cut (the run's ``params_truncated`` tag); their full text is in
+    #: ``<field>.txt`` among the run's artifacts
+    truncated: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -249,8 +282,15 @@ class HistoryRow:
                 f"· {prompt} · {self.run_id[:8]}")
 
     def state(self) -> StudioState:
-        """The controls that render this run again (see :func:`controls_from_params`)."""
-        return controls_from_params(self.params)
+        """The controls that render this run again (see :func:`controls_from_params`); a prompt too long for an
+        MLflow param comes from the run's ``prompt.txt``."""
+        params = dict(self.params)
+        if self.truncated:
+            from wanflow.artifacts import run_artifact
+
+            for field in self.truncated:
+                params[field] = run_artifact(self.artifact_uri, f"{field}.txt").read_text(encoding="utf-8")
+        return controls_from_params(params)
 
     def thumbnail(self, size: int = 112) -> bytes | None:
         """A small animated gif from the run's ``preview.gif`` (None if it has none, e.g. a FAILED run)."""
@@ -279,6 +319,7 @@ def history_rows(tracking_uri: str | None = None, limit: int = 8) -> list[Histor
             prompt=run.data.params.get("prompt", ""), lock=run.data.tags.get("lock", ""),
             start_time=pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"), artifact_uri=run.info.artifact_uri,
             params=dict(run.data.params),
+            truncated=tuple(f for f in run.data.tags.get("params_truncated", "").split(",") if f),
         )
         for run in runs
     ]

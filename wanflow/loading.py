@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from wanflow.exceptions import ModelNotFoundError
+from wanflow.exceptions import ModelLoadError, ModelNotFoundError
 from wanflow.presets import Preset
 
 if TYPE_CHECKING:  # diffusers is imported where a pipeline is built, so option checks stay fast
@@ -134,6 +134,68 @@ def _check_complete(path: Path) -> None:
             f"model_dir: {path} is incomplete: missing component folder(s) {', '.join(missing)}; "
             "download the whole repository again"
         )
+    for name, value in index.items():
+        if isinstance(value, list) and value[0] is not None:
+            _check_weights(path / name)
+
+
+#: Weights files diffusers and transformers read (safetensors first; ``.bin`` for old checkpoints).
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def _check_weights(folder: Path) -> None:
+    """A model component (a folder with ``config.json``) has its weights, every shard its index lists, and every
+    ``.safetensors`` file is whole: its header parses and the file is as long as the header says. Reads headers
+    only (kilobytes, also for 14B checkpoints); a file whose tensor bytes are garbled but whole is not caught.
+
+    Raises:
+        ModelNotFoundError: no weights file, or a shard listed in an index is missing.
+        ModelLoadError: a truncated or corrupt ``.safetensors`` file (the message names it).
+    """
+    if not (folder / "config.json").is_file():
+        return  # a tokenizer or scheduler: no weights
+    weights = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    for index in folder.glob("*.index.json"):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ModelLoadError(f"model_dir: {index} is not a weights index (no weight_map); download it again") from None
+        absent = sorted(name for name in shards if not (folder / name).is_file())
+        if absent:
+            raise ModelNotFoundError(f"model_dir: {folder} is incomplete: {index.name} lists missing shard(s) "
+                                     f"{', '.join(absent)}; download the whole repository again")
+    if not weights:
+        raise ModelNotFoundError(f"model_dir: {folder} has a config.json but no weights file (*.safetensors or "
+                                 "*.bin); download the whole repository again")
+    for file in weights:
+        problem = _safetensors_problem(file) if file.suffix == ".safetensors" else None
+        if problem:
+            raise ModelLoadError(f"model_dir: {file} {problem}; download it again")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a ``.safetensors`` file's framing (8-byte header length, JSON header, data length), or None."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"is empty or truncated ({size} bytes, no header)"
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            return f"has a corrupt or truncated header (says {length} bytes, the file has {size})"
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, ValueError):
+            return "has a corrupt header (not JSON)"
+    if not isinstance(header, dict):
+        return "has a corrupt header (not a JSON object)"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        return "has a corrupt header (no data_offsets)"
+    if 8 + length + end > size:
+        return f"is truncated ({size} bytes; its header describes {8 + length + end})"
+    return None
 
 
 def find_model(preset: Preset, model_dir: str | os.PathLike | None = None) -> ModelSource:
@@ -145,7 +207,8 @@ def find_model(preset: Preset, model_dir: str | os.PathLike | None = None) -> Mo
 
     Raises:
         ModelNotFoundError: not found (the message lists where it looked and the download command), or the
-            folder lacks ``model_index.json`` or a component folder.
+            folder lacks ``model_index.json``, a component folder or a weights file.
+        ModelLoadError: a truncated or corrupt ``.safetensors`` file (checked from its header; cheap).
     """
     if model_dir is not None:
         path = Path(model_dir).expanduser()
@@ -191,7 +254,7 @@ def find_model(preset: Preset, model_dir: str | os.PathLike | None = None) -> Mo
     else:
         looked.append("the Hub (skipped: HF_HUB_OFFLINE is set)")
     raise ModelNotFoundError(
-        f"preset {preset.name}: weights for {preset.hub_id} not found. Looked in: " + "; ".join(looked) + ". "
+        f"preset: {preset.name}'s weights for {preset.hub_id} not found. Looked in: " + "; ".join(looked) + ". "
         f"Get them with `hf download {preset.hub_id} --local-dir ~/models/{repo_name}` and pass "
         f"`--model-dir ~/models/{repo_name}` (or set WANFLOW_MODEL_DIR=~/models)."
     )
@@ -277,7 +340,8 @@ def load_pipeline(preset: Preset, task: Literal["t2v", "i2v", "v2v"], options: L
     from :data:`wanflow.acceleration.APPROXIMATIONS`) change the weights or hooks, so a different set reloads.
 
     Raises:
-        ModelNotFoundError: see :func:`find_model`.
+        ModelNotFoundError, ModelLoadError: see :func:`find_model`; ModelLoadError also when diffusers cannot read
+            a weights file (the message starts with ``model_dir:`` and carries diffusers', which names the file).
         ValueError: bad device or dtype; the folder holds a different pipeline than the preset needs.
     """
     from diffusers import DiffusionPipeline, WanImageToVideoPipeline, WanPipeline
@@ -297,7 +361,11 @@ def load_pipeline(preset: Preset, task: Literal["t2v", "i2v", "v2v"], options: L
                               _cache.acceleration)
     if _cache.key != key:
         clear_cache()
-        base = DiffusionPipeline.from_pretrained(source.path, dtype=dtype)
+        try:
+            base = DiffusionPipeline.from_pretrained(source.path, dtype=dtype)
+        except OSError as err:  # diffusers: "Unable to load weights from checkpoint file for '<file>' ..."
+            raise ModelLoadError(f"model_dir: cannot load {source.path}: {str(err).strip()} Download the "
+                                 "file(s) again.") from err
         expected = WanImageToVideoPipeline if preset.structure == "i2v-a14b" else WanPipeline
         if not isinstance(base, expected):
             raise ValueError(

@@ -2,23 +2,32 @@
 
 Every file is written under a temporary name in its final folder and renamed into place when complete
 (``os.replace`` is atomic on one file system), so an interrupted render never leaves a truncated file under a
-name that looks finished. H.264 in yuv420p is what browsers (and so the MLflow UI) play; OpenCV's ``mp4v``
-shows a blank player (``shared/RESEARCH.md`` §3).
+name that looks finished; :func:`write_outputs` renames a render's four files only once all four are written. The
+mp4 counts as written only when ffmpeg exits with status 0 (a full disk makes ffmpeg fail at its last write, after
+every frame was sent). H.264 in yuv420p is what browsers (and so the MLflow UI) play; OpenCV's ``mp4v`` shows a
+blank player (``shared/RESEARCH.md`` §3).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import secrets
+import subprocess
+import threading
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw
+
+from wanflow.exceptions import DiskFullError, is_disk_full
 
 #: Longest side of the preview gif and of one contact-sheet tile, in pixels (small enough to inline in a notebook).
 PREVIEW_SIZE = 256
@@ -42,16 +51,53 @@ class MediaFiles:
         return {"video": self.video, "preview": self.preview, "contact_sheet": self.contact_sheet, "spec": self.spec}
 
 
+#: Longest file-name component :func:`safe_name` makes (well under every file system's 255 bytes).
+MAX_NAME_LENGTH = 64
+
+
+def safe_name(text: str, fallback: str = "untitled", max_length: int = MAX_NAME_LENGTH) -> str:
+    """``text`` as one file-name component that stays where it is put: ASCII letters, digits, ``.``, ``_`` and
+    ``-`` only (every other run of characters, ``/``, NUL, control characters and emoji included, becomes one
+    ``-``), no leading or trailing ``.``, ``_`` or ``-`` (so never ``..`` nor a hidden file), at most
+    ``max_length`` characters; ``fallback`` when nothing is left. ``safe_name("../../etc/passwd") == "etc-passwd"``.
+    Names wanflow makes from user text (presets, lock names) go through it, whatever validated them before."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("._-")
+    name = name[:max_length].rstrip("._-")
+    return name or fallback
+
+
+@contextlib.contextmanager
+def disk_full_names(target: Path) -> Iterator[None]:
+    """Turn an OSError for a full disk raised in the block into :class:`wanflow.exceptions.DiskFullError` naming
+    ``target`` and its folder: ``out_dir: the disk is full: cannot write video.mp4 in /renders/a (No space left on
+    device); free some space or choose another --out folder``."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        reason = err.strerror or os.strerror(errno.ENOSPC)
+        raise DiskFullError(f"out_dir: the disk is full: cannot write {Path(target).name} in {Path(target).parent} "
+                            f"({reason}); free some space or choose another --out folder") from err
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` (same suffix); rename it to ``target`` if the block succeeds,
-    delete it if the block raises."""
+    delete it if the block raises.
+
+    Raises:
+        wanflow.exceptions.DiskFullError: the block failed for a full disk (the message names ``target``).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.partial{target.suffix}")
     try:
-        yield temp
-        os.replace(temp, target)
+        with disk_full_names(target):
+            yield temp
+            os.replace(temp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
@@ -99,30 +145,65 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 
 def write_video(frames: np.ndarray, path: Path, fps: int, metadata: dict[str, str] | None = None) -> Path:
     """Encode ``frames`` (uint8 (F, H, W, 3), or floats in [0, 1]) as H.264/yuv420p mp4 at ``fps`` frames per
-    second with imageio-ffmpeg. ``metadata`` becomes mp4 tags (e.g. ``comment`` holds the spec JSON).
+    second with the ffmpeg binary that imageio-ffmpeg ships. ``metadata`` becomes mp4 tags (e.g. ``comment`` holds
+    the spec JSON).
 
     Width and height must be even (yuv420p halves chroma); frames are never rescaled.
 
     Raises:
         ValueError: odd width or height.
+        wanflow.exceptions.DiskFullError: the disk filled up (nothing is left at ``path``).
+        RuntimeError: ffmpeg failed otherwise (its last error lines in the message).
     """
+    with atomic_path(Path(path)) as temp:
+        _encode_h264(frames, temp, fps, metadata)
+    return Path(path)
+
+
+def _encode_h264(frames: np.ndarray, path: Path, fps: int, metadata: dict[str, str] | None = None) -> None:
+    """ffmpeg reads rgb24 frames on stdin and writes ``path``: the command imageio-ffmpeg's ``write_frames`` builds
+    (libx264, yuv420p, no rescaling), run here so that ffmpeg's exit status and stderr are read (imageio-ffmpeg
+    ignores both, so a full disk left a truncated mp4 that looked complete)."""
     frames = to_uint8(frames)
     num, height, width, _ = frames.shape
     if width % 2 or height % 2:
         raise ValueError(f"frames: H.264/yuv420p needs even width and height, got {width}x{height}")
-    params = ["-crf", "17", "-preset", "medium", "-movflags", "+faststart"]
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
+        "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
+        "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-v", "error",
+        "-crf", "17", "-preset", "medium", "-movflags", "+faststart",
+    ]
     for key, value in (metadata or {}).items():
-        params += ["-metadata", f"{key}={value}"]
-    with atomic_path(Path(path)) as temp:
-        writer = imageio_ffmpeg.write_frames(
-            str(temp), (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-            quality=None, macro_block_size=1, output_params=params, ffmpeg_log_level="error",
-        )
-        writer.send(None)
-        for frame in frames:
-            writer.send(np.ascontiguousarray(frame))
-        writer.close()
-    return Path(path)
+        command += ["-metadata", f"{key}={value}"]
+    command.append(str(path))
+    # its own session: Ctrl-C reaches Python, which stops ffmpeg (as imageio-ffmpeg does)
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
+    reader.start()
+    try:
+        try:
+            for frame in frames:
+                process.stdin.write(frame.tobytes())
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # ffmpeg stopped early: its status and stderr say why
+        status = process.wait()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        reader.join()
+        process.stderr.close()
+    if status != 0:
+        text = b"".join(errors).decode("utf-8", errors="replace").strip()
+        tail = " | ".join(text.splitlines()[-3:]) or "no message"
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}; ffmpeg said: {tail}")
+        raise RuntimeError(f"video: ffmpeg could not write {path.name} (exit status {status}): {tail}")
 
 
 def _resize_for_preview(image: Image.Image) -> Image.Image:
@@ -137,13 +218,18 @@ def _resize_for_preview(image: Image.Image) -> Image.Image:
 def write_preview_gif(frames: np.ndarray, path: Path, fps: int) -> Path:
     """A looping gif at most :data:`PREVIEW_SIZE` px on its long side and :data:`PREVIEW_MAX_FRAMES` frames,
     playing at the video's speed (frames skipped evenly, each shown longer)."""
+    with atomic_path(Path(path)) as temp:
+        _save_preview_gif(frames, temp, fps)
+    return Path(path)
+
+
+def _save_preview_gif(frames: np.ndarray, path: Path, fps: int) -> None:
+    """The gif of :func:`write_preview_gif`, written straight to ``path`` (the caller makes it atomic)."""
     frames = to_uint8(frames)
     step = max(1, -(-len(frames) // PREVIEW_MAX_FRAMES))
     images = [_resize_for_preview(Image.fromarray(f)) for f in frames[::step]]
     duration_ms = max(20, round(1000 * step / fps))
-    with atomic_path(Path(path)) as temp:
-        images[0].save(temp, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
-    return Path(path)
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
 
 
 def keyframe_indices(num_frames: int, count: int = SHEET_FRAMES) -> list[int]:
@@ -156,6 +242,13 @@ def keyframe_indices(num_frames: int, count: int = SHEET_FRAMES) -> list[int]:
 
 def write_contact_sheet(frames: np.ndarray, path: Path) -> Path:
     """A PNG grid of :func:`keyframe_indices` frames, :data:`SHEET_COLUMNS` per row, each labelled ``#index``."""
+    with atomic_path(Path(path)) as temp:
+        _save_contact_sheet(frames, temp)
+    return Path(path)
+
+
+def _save_contact_sheet(frames: np.ndarray, path: Path) -> None:
+    """The PNG of :func:`write_contact_sheet`, written straight to ``path`` (the caller makes it atomic)."""
     frames = to_uint8(frames)
     indices = keyframe_indices(len(frames))
     tiles = [_resize_for_preview(Image.fromarray(frames[i])) for i in indices]
@@ -170,22 +263,37 @@ def write_contact_sheet(frames: np.ndarray, path: Path) -> Path:
         sheet.paste(tile, (x, y))
         draw.rectangle((x, y, x + 28, y + 12), fill=(0, 0, 0))
         draw.text((x + 2, y + 1), f"#{index}", fill=(255, 255, 255))
-    with atomic_path(Path(path)) as temp:
-        sheet.save(temp, format="PNG")
-    return Path(path)
+    sheet.save(path, format="PNG")
 
 
 def write_outputs(frames: np.ndarray, out_dir: Path, spec_json: str, fps: int) -> MediaFiles:
-    """Write all four files of a render into ``out_dir``: the spec first, the video last (so a folder with a
-    ``video.mp4`` is a complete render). ``spec_json`` is the spec's canonical JSON; it also goes into the mp4's
-    ``comment`` tag."""
+    """Write all four files of a render into ``out_dir``, all or nothing: each goes to a temporary name, and only
+    when all four are written are they renamed into place, the spec first and the video last (so a folder with a
+    ``video.mp4`` is a complete render, and a failed write leaves an earlier render in the folder untouched).
+    ``spec_json`` is the spec's canonical JSON; it also goes into the mp4's ``comment`` tag.
+
+    Raises:
+        wanflow.exceptions.DiskFullError: the disk filled up (the message names the file and the folder); no
+            file of this render is left behind.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = atomic_write_text(out_dir / "spec.json", json.dumps(json.loads(spec_json), indent=2, ensure_ascii=False))
-    preview = write_preview_gif(frames, out_dir / "preview.gif", fps)
-    sheet = write_contact_sheet(frames, out_dir / "contact_sheet.png")
-    video = write_video(frames, out_dir / "video.mp4", fps, metadata={"comment": spec_json, "title": "wanflow render"})
-    return MediaFiles(video=video, preview=preview, contact_sheet=sheet, spec=spec_path)
+    files = MediaFiles(video=out_dir / "video.mp4", preview=out_dir / "preview.gif",
+                       contact_sheet=out_dir / "contact_sheet.png", spec=out_dir / "spec.json")
+    with contextlib.ExitStack() as stack:  # entered video first, so renamed last
+        video = stack.enter_context(atomic_path(files.video))
+        sheet = stack.enter_context(atomic_path(files.contact_sheet))
+        preview = stack.enter_context(atomic_path(files.preview))
+        spec = stack.enter_context(atomic_path(files.spec))
+        with disk_full_names(files.spec):
+            spec.write_text(json.dumps(json.loads(spec_json), indent=2, ensure_ascii=False), encoding="utf-8")
+        with disk_full_names(files.preview):
+            _save_preview_gif(frames, preview, fps)
+        with disk_full_names(files.contact_sheet):
+            _save_contact_sheet(frames, sheet)
+        with disk_full_names(files.video):
+            _encode_h264(frames, video, fps, metadata={"comment": spec_json, "title": "wanflow render"})
+    return files
 
 
 def probe_video(path: Path) -> dict:

@@ -19,9 +19,10 @@ import numpy as np
 
 from wanflow import __version__
 from wanflow.acceleration import check_approximations
+from wanflow.exceptions import DiskFullError, is_disk_full
 from wanflow.generate import Generation, StepEvent, generate
 from wanflow.loading import LoadOptions, find_model
-from wanflow.media import MediaFiles, check_writable, write_outputs
+from wanflow.media import MediaFiles, check_writable, safe_name, write_outputs
 from wanflow.quality import frame_metrics
 from wanflow.spec import RenderSpec
 from wanflow.text import MAX_SEQUENCE_LENGTH
@@ -60,9 +61,9 @@ class RenderResult:
 
 
 def default_out_dir(spec: RenderSpec) -> Path:
-    """``outputs/<UTC time>-<preset>-<spec_id[:8]>`` under the current folder."""
+    """``outputs/<UTC time>-<preset>-<spec_id[:8]>`` under the current folder (never anything from the prompt)."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path("outputs") / f"{stamp}-{spec.preset}-{spec.spec_id[:8]}"
+    return Path("outputs") / f"{stamp}-{safe_name(spec.preset)}-{spec.spec_id[:8]}"
 
 
 def _versions() -> dict[str, str]:
@@ -105,9 +106,14 @@ def render(
             run (before anything is loaded or logged).
         PermissionError: ``out_dir`` is not writable (before anything is loaded or logged).
         wanflow.tracking.TrackingError: the MLflow store cannot be reached (before the model loads).
-        ModelNotFoundError: the preset's weights are missing (before anything is logged).
+        ModelNotFoundError, ModelLoadError: the preset's weights are missing, incomplete or a weights file is
+            truncated (before anything is logged); ModelLoadError also when diffusers cannot read them (run FAILED).
+        DiskFullError: the disk filled up while writing the files or the run's artifacts (run FAILED; the
+            message says where; no file of the render is left in ``out_dir``).
 
-    A render that fails removes the output folder it created if nothing was written into it.
+    A render that fails removes the output folder it created if nothing was written into it. A prompt longer than
+    MLflow's param limit (:data:`wanflow.tracking.PARAM_VALUE_LIMIT`) is logged cut, with the tag
+    ``params_truncated=prompt`` and the full text as the artifact ``prompt.txt`` (the same for ``negative_prompt``).
     """
     if stage not in STAGES:
         raise ValueError(f"stage: {stage!r} is not one of {', '.join(STAGES)}")
@@ -128,16 +134,22 @@ def render(
 
 
 def _render_into(folder, spec, options, option_tags, stage, tags, tracking_uri, log, progress, on_step) -> RenderResult:
-    run = None
+    run, cut = None, []
     if log:
-        from wanflow.tracking import RenderRun, run_name
+        from wanflow.tracking import RenderRun, fit_params, run_name
 
         base_tags = {
             "stage": stage, "preset": spec.preset, "spec_id": spec.spec_id, "task": spec.task,
             **option_tags, **_versions(), **(tags or {}),
         }
-        run = RenderRun.start(spec.to_params(), base_tags, run_name(spec.prompt, stage), tracking_uri)
+        # a prompt past MLflow's param limit: the param cut (tagged), the full text beside it as <field>.txt
+        params, cut = fit_params(spec.to_params())
+        if cut:
+            base_tags["params_truncated"] = ",".join(cut)
+        run = RenderRun.start(params, base_tags, run_name(spec.prompt, stage), tracking_uri)
     try:
+        for field in cut:
+            run.client.log_text(run.run_id, getattr(spec, field), f"{field}.txt")
         generation = generate(spec, options, on_step=on_step, progress=progress)
         started = time.perf_counter()
         files = write_outputs(generation.frames, folder, spec.canonical_json(), spec.fps)
@@ -150,8 +162,14 @@ def _render_into(folder, spec, options, option_tags, stage, tags, tracking_uri, 
                 result_tags["rerender_of"] = earlier[0]
                 result_tags["frames_match"] = str(earlier[1] == generation.frames_sha256).lower()
             inputs = [Path(spec.image)] if spec.image else []  # the i2v first frame, so MLflow alone reproduces it
-            timings["log"] = run.finish(_metrics(generation, timings, spec), result_tags,
-                                        [*files.as_dict().values(), *inputs])
+            try:
+                timings["log"] = run.finish(_metrics(generation, timings, spec), result_tags,
+                                            [*files.as_dict().values(), *inputs])
+            except OSError as err:
+                if not is_disk_full(err):
+                    raise
+                raise DiskFullError(f"tracking_uri: the disk is full: cannot store the run's files in the artifact "
+                                    f"store of {run.tracking_uri} ({err.strerror or err}); free some space") from err
     except BaseException as err:
         if run is not None:
             run.fail(err)

@@ -32,7 +32,7 @@ from typing import Callable
 from jupyter_client import AsyncKernelManager
 
 from wanflow.locks import get_lock, list_locks
-from wanflow.media import check_writable
+from wanflow.media import check_writable, safe_name
 from wanflow.tracking import RenderRun, client_and_experiment, resolve_tracking_uri
 from wanflow.transfer import DEFAULT_STRENGTH, FinalPlan, FinalRequest
 
@@ -202,7 +202,7 @@ def _render_one(plan: FinalPlan, uri: str, out_dir: Path, notebook: Path, device
     request = plan.request
     attempt_id = uuid.uuid4().hex
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    folder = (out_dir / plan.lock.name / f"{stamp}-{attempt_id[:8]}").resolve()
+    folder = (out_dir / safe_name(plan.lock.name) / f"{stamp}-{attempt_id[:8]}").resolve()
     executed = folder / NOTEBOOK_ARTIFACT
     parameters = {
         "lock_name": plan.lock.name, "final_preset": request.final_preset, "transfer_mode": request.mode,

@@ -17,10 +17,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from wanflow.parameters import ParameterError, as_integer, as_number, as_text, check
 from wanflow.presets import Preset, UnknownPresetError, get_preset
 
 #: Seeds are unsigned 32-bit, as numpy's and most UIs'; torch accepts them on every device.
 MAX_SEED = 2**32 - 1
+#: Longest prompt (and negative prompt), in characters. The text encoder reads only the first 512 tokens (roughly
+#: 2,000 characters of English); the cap keeps the spec JSON, which travels in the mp4's ``comment`` tag on the
+#: ffmpeg command line, under Linux's 128 KiB limit for one argument (4 bytes per character at worst, both prompts).
+MAX_PROMPT_CHARS = 12_000
 
 #: Bounds that catch typos before a model loads; generous beyond every official setting.
 LIMITS = {
@@ -107,6 +112,7 @@ class RenderSpec(BaseModel):
             preset = get_preset(name)
         except UnknownPresetError as err:
             raise ValueError(str(err)) from None
+        data = _checked_types(data, preset, list(cls.model_fields))
         defaults = {
             "negative_prompt": preset.negative_prompt,
             "num_inference_steps": preset.num_inference_steps,
@@ -124,8 +130,8 @@ class RenderSpec(BaseModel):
         if data.get("seed") is None:
             data["seed"] = secrets.randbelow(MAX_SEED + 1)
         for key in ("image", "video"):  # absolute, so a saved spec works from any folder
-            if isinstance(data.get(key), (str, os.PathLike)) and os.fspath(data[key]):
-                data[key] = os.path.abspath(os.path.expanduser(os.fspath(data[key])))
+            if data.get(key) is not None:
+                data[key] = os.path.abspath(os.path.expanduser(data[key]))
         if data.get("video") is not None and data.get("strength") is None:
             data["strength"] = DEFAULT_STRENGTH
         if isinstance(data.get("approximations"), str):  # "fp8,first-block-cache" from a CLI or a param
@@ -217,6 +223,73 @@ class RenderSpec(BaseModel):
         return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
 
 
+def _as_path(value: Any, allowed: str) -> str:
+    """A path field's value as a string (``os.PathLike`` too); ParameterError for a non-path, empty or NUL."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise ParameterError(f"{value!r} is not a path; {allowed}")
+    if not value.strip():
+        raise ParameterError(f"{value!r} is an empty path; {allowed}")
+    if "\0" in value:
+        raise ParameterError(f"{value!r} holds a NUL character; {allowed}")
+    return value
+
+
+def _checked_types(data: dict, preset: Preset, fields: list[str]) -> dict:
+    """``data`` with its values converted to the fields' types, or ValueError with one line per problem: an
+    unknown field, or a value of the wrong type (``seed: 'abc' is not an integer; use an integer from 0 to ...``).
+    Pydantic's own messages would not say what is allowed."""
+    problems = [(key, f"not a spec field; allowed fields: {', '.join(fields)}") for key in data if key not in fields]
+    if "prompt" not in data:
+        problems.append(("prompt", "required; describe what the video shows"))
+
+    def limits(field: str) -> str:
+        low, high = LIMITS[field]
+        return f"allowed {low}..{high}"
+
+    size = f"a multiple of {preset.size_multiple} on {preset.name}"
+    media = "give the path of {}, or leave {} unset"
+    rules = {
+        "prompt": (as_text, "give the prompt as a string", False),
+        "negative_prompt": (as_text, "give a string, or None for the preset's default", True),
+        "seed": (as_integer, f"use an integer from 0 to {MAX_SEED}, or None for a random one", True),
+        "num_inference_steps": (as_integer, limits("num_inference_steps"), True),
+        "width": (as_integer, f"{limits('width')}, {size}", True),
+        "height": (as_integer, f"{limits('height')}, {size}", True),
+        "num_frames": (as_integer, f"allowed 4k+1 in 1..{LIMITS['num_frames'][1]} ({preset.name}'s official value is "
+                                   f"{preset.num_frames})", True),
+        "fps": (as_integer, limits("fps"), True),
+        "guidance_scale": (as_number, limits("guidance_scale"), True),
+        "guidance_scale_2": (as_number, limits("guidance_scale_2"), True),
+        "flow_shift": (as_number, limits("flow_shift"), True),
+        "strength": (as_number, "allowed 0 < strength <= 1", True),
+        "image": (_as_path, media.format("a PNG, JPEG or WebP image", "image"), True),
+        "video": (_as_path, media.format("an mp4 video", "video"), True),
+        "image_sha256": (as_text, "64 hex digits, or None", True),
+        "video_sha256": (as_text, "64 hex digits, or None", True),
+    }
+    data, type_problems = check(data, rules)
+    problems.extend(type_problems)
+    if problems:
+        raise ValueError("\n".join(f"{field}: {message}" for field, message in problems))
+    return data
+
+
+def _text_problem(text: str) -> str | None:
+    """What is wrong with a prompt's characters, or None: too long, or a control character (other than tab and
+    newline) or a lone surrogate, which ffmpeg's command line, JSON and MLflow cannot carry as typed."""
+    if len(text) > MAX_PROMPT_CHARS:
+        return (f"{len(text)} characters is too long; allowed at most {MAX_PROMPT_CHARS} (the text encoder reads "
+                "only the first 512 tokens)")
+    for position, char in enumerate(text):
+        code = ord(char)
+        if (code < 32 and char not in "\t\n\r") or code == 127 or 0xD800 <= code <= 0xDFFF:
+            return (f"holds the control character U+{code:04X} at position {position}; allowed: printable text, "
+                    "tabs and newlines")
+    return None
+
+
 def _nearest(value: int, allowed: list[int]) -> int:
     return min(allowed, key=lambda a: (abs(a - value), a))
 
@@ -224,13 +297,19 @@ def _nearest(value: int, allowed: list[int]) -> int:
 def _problems(spec: RenderSpec, preset: Preset) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if not spec.prompt.strip():
-        problems.append(("prompt", "must not be empty or only whitespace"))
+        problems.append(("prompt", "must not be empty or only whitespace; describe what the video shows"))
+    for field in ("prompt", "negative_prompt"):
+        problem = _text_problem(getattr(spec, field) or "")
+        if problem:
+            problems.append((field, problem))
     if not 0 <= spec.seed <= MAX_SEED:
         problems.append(("seed", f"{spec.seed} is out of range; use an integer from 0 to {MAX_SEED}"))
+    out_of_range = set()  # the rules below (multiples, 4k+1) are checked only on values within range
     for field, (low, high) in LIMITS.items():
         value = getattr(spec, field)
         if value is not None and not low <= value <= high:
             problems.append((field, f"{value} is out of range; allowed {low}..{high}"))
+            out_of_range.add(field)
     if spec.guidance_scale_2 is not None and not preset.two_experts:
         problems.append((
             "guidance_scale_2",
@@ -239,14 +318,14 @@ def _problems(spec: RenderSpec, preset: Preset) -> list[tuple[str, str]]:
         ))
     for field, index in (("width", 0), ("height", 1)):
         value = getattr(spec, field)
-        if value % preset.size_multiple:
+        if field not in out_of_range and value % preset.size_multiple:
             official = sorted({size[index] for size in preset.sizes})
             problems.append((
                 field,
                 f"{value} must be a multiple of {preset.size_multiple} on {preset.name}; "
                 f"{_nearest(value, official)} is the official size",
             ))
-    if (spec.num_frames - 1) % 4:
+    if "num_frames" not in out_of_range and (spec.num_frames - 1) % 4:
         low = (spec.num_frames - 1) // 4 * 4 + 1
         problems.append(("num_frames", f"{spec.num_frames} must be 4k+1 (e.g. {low} or {low + 4}); "
                                        f"{preset.name}'s official value is {preset.num_frames}"))
@@ -289,7 +368,14 @@ def _video_problems(spec: RenderSpec, preset: Preset) -> list[tuple[str, str]]:
     return problems
 
 
+#: Image modes that convert to RGB without losing their meaning: 8 bits per channel. 16-bit and float images
+#: (``I;16``, ``I``, ``F``) would be clipped to white by ``convert("RGB")``.
+IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")
+
+
 def _image_problem(path: Path) -> str | None:
+    """What keeps ``path`` from being an image-to-video first frame, or None. The image is decoded in full, so a
+    truncated file is caught here and not after the model has loaded."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.exists():
@@ -299,10 +385,16 @@ def _image_problem(path: Path) -> str | None:
     try:
         with Image.open(path) as img:
             img.verify()
+        with Image.open(path) as img:
+            mode = img.mode
+            img.load()
     except PermissionError:
         return f"{path} is not readable (permission denied)"
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return f"{path} is not an image PIL can read ({err.__class__.__name__}); use PNG, JPEG or WebP"
+    if mode not in IMAGE_MODES:
+        return (f"{path} has mode {mode} (more than 8 bits per channel); use an 8-bit RGB, RGBA, grayscale or "
+                "palette image (PNG, JPEG or WebP)")
     return None
 
 

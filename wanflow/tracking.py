@@ -236,3 +236,29 @@ def history(tracking_uri: str | None = None, max_results: int = 1000, stage: str
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
+
+
+def _param_value_limit() -> int:
+    try:
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+    except ImportError:  # pragma: no cover - moved in some MLflow version
+        return 6000
+    return int(MAX_PARAM_VAL_LENGTH)
+
+
+#: MLflow's longest param value in characters (``mlflow.utils.validation.MAX_PARAM_VAL_LENGTH``, 6000 in MLflow
+#: 3.17). MLflow cuts a longer value itself, with a warning that prints the value's start to the log.
+PARAM_VALUE_LIMIT = _param_value_limit()
+
+
+def fit_params(params: dict[str, str], limit: int = PARAM_VALUE_LIMIT) -> tuple[dict[str, str], list[str]]:
+    """``params`` with every value longer than ``limit`` characters cut to ``limit`` (ending in ``…``), and the
+    names of the params cut, in order. The caller records the cut names (``wanflow.render``: the tag
+    ``params_truncated`` and the full text as ``<name>.txt`` artifacts; the full spec is in ``spec.json``)."""
+    fitted, cut = {}, []
+    for name, value in params.items():
+        if len(value) > limit:
+            value = value[: limit - 1] + "…"
+            cut.append(name)
+        fitted[name] = value
+    return fitted, cut

@@ -112,7 +112,7 @@ def _request_problems(request: FinalRequest) -> list[tuple[str, str]]:
         problems.append(("lock_name", str(err).removeprefix("name: ")))
     if request.mode not in MODES:
         problems.append(("transfer_mode", f"{request.mode!r} is not one of {', '.join(MODES)}"))
-    if request.final_preset not in PRESETS:
+    if not isinstance(request.final_preset, str) or request.final_preset not in PRESETS:
         problems.append(("final_preset", f"unknown preset {request.final_preset!r}; choose one of: {', '.join(PRESETS)}"))
         return problems
     preset = get_preset(request.final_preset)
@@ -132,15 +132,19 @@ def _request_problems(request: FinalRequest) -> list[tuple[str, str]]:
             problems.append(("final_preset", f"{preset.name} cannot run draft-v2v: diffusers' video-to-video fits "
                                              f"the text-to-video A14B structure only ({v2v})"))
         strength = request.strength
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+            problems.append(("strength", f"{strength!r} is not a number; allowed 0 < strength <= 1"))
+        elif not 0.0 < strength <= 1.0:
             problems.append(("strength", f"{strength!r} is out of range; allowed 0 < strength <= 1"))
         else:
             steps = request.num_inference_steps or preset.num_inference_steps
             if int(steps * strength) < 1:
                 problems.append(("strength", f"{strength} with {steps} steps runs no denoising step "
                                              f"(int(steps x strength) = 0); use at least {1 / steps:.3g}"))
-    if request.seed is not None and (isinstance(request.seed, bool) or not isinstance(request.seed, int)
-                                     or not 0 <= request.seed <= MAX_SEED):
+    if request.seed is not None and (isinstance(request.seed, bool) or not isinstance(request.seed, int)):
+        problems.append(("seed", f"{request.seed!r} is not an integer; use an integer 0..{MAX_SEED}, or None / -1 "
+                                 "for a new one"))
+    elif request.seed is not None and not 0 <= request.seed <= MAX_SEED:
         problems.append(("seed", f"{request.seed!r} is out of range; use an integer 0..{MAX_SEED}, or None / -1 "
                                  "for a new one"))
     problems.extend(_setting_problems(preset, request))
@@ -246,8 +250,10 @@ def _save_frame(video: Path, index: int, folder: Path) -> Path:
 
 def default_final_dir(plan: FinalPlan) -> Path:
     """``outputs/<UTC time>-final-<lock>-<final_spec_id[:8]>`` under the current folder."""
+    from wanflow.media import safe_name
+
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path("outputs") / f"{stamp}-final-{plan.lock.name}-{plan.final_spec_id[:8]}"
+    return Path("outputs") / f"{stamp}-final-{safe_name(plan.lock.name)}-{plan.final_spec_id[:8]}"
 
 
 def render_final(
@@ -289,11 +295,39 @@ def render_final(
 
 def request_from_dict(values: dict) -> FinalRequest:
     """A :class:`FinalRequest` from the notebook's parameters (``transfer_mode`` is ``mode``, ``steps`` is
-    ``num_inference_steps``; other keys are ignored). Raises :class:`TransferError` as the request does."""
+    ``num_inference_steps``). Every parameter given is first checked by type, also ``tracking_uri``,
+    ``output_dir``, ``device``, ``dtype`` and ``attempt_id``: papermill injects whatever it is given (``-p seed abc``
+    is a string, ``-p steps 9.5`` a float, a parameter may be None). Integral floats (``64.0``) and integer
+    strings (``"64"``) pass as ints. Other keys are ignored.
+
+    Raises:
+        TransferError: one line per bad parameter (``seed: 'abc' is not an integer; use an integer 0..4294967295,
+            or None / -1 for a new one``), then as the request does.
+    """
+    from wanflow.parameters import as_integer, as_number, as_text, check, raise_problems
+
+    default = "or None for the final preset's"
+    values, problems = check(values, {
+        "lock_name": (as_text, "give a lock name (`wanflow locks`)", False),
+        "final_preset": (as_text, f"give a preset name ({', '.join(PRESETS)})", False),
+        "transfer_mode": (as_text, f"give one of {', '.join(MODES)}", False),
+        "strength": (as_number, "allowed 0 < strength <= 1", False),
+        "frame_index": (as_integer, "use an integer >= 0 (a frame of the draft)", False),
+        "seed": (as_integer, f"use an integer 0..{MAX_SEED}, or None / -1 for a new one", True),
+        "steps": (as_integer, f"use an integer 1..1000, {default}", True),
+        "width": (as_integer, f"use pixels, {default}", True),
+        "height": (as_integer, f"use pixels, {default}", True),
+        "num_frames": (as_integer, f"use 4k+1, {default}", True),
+        "tracking_uri": (as_text, "give an MLflow store URI, or \"\" for the default", False),
+        "output_dir": (as_text, "give a folder, or \"\" for the default", False),
+        "device": (as_text, "give auto, cpu, cuda, cuda:N or mps", False),
+        "dtype": (as_text, "give auto, float32, bfloat16 or float16", False),
+        "attempt_id": (as_text, "give \"\" (wanflow replay sets it)", False),
+    })
+    raise_problems(problems, TransferError)
     return FinalRequest(
         lock_name=values["lock_name"], final_preset=values["final_preset"], mode=values.get("transfer_mode", "fresh"),
         strength=values.get("strength", DEFAULT_STRENGTH), frame_index=values.get("frame_index", 0),
         seed=values.get("seed"), num_inference_steps=values.get("steps"), width=values.get("width"),
         height=values.get("height"), num_frames=values.get("num_frames"),
     )
-
