@@ -5,7 +5,7 @@
 Times, on this machine's CPU (the work runs on the CPU on a GPU machine too): writing the four files of a
 1280x704x121 render (:func:`wanflow.media.write_outputs`: H.264 mp4, preview gif, contact sheet, spec.json),
 :func:`wanflow.quality.frame_metrics`, and logging the run (:class:`wanflow.tracking.RenderRun`: params, tags,
-metrics, the four artifacts) into a fresh SQLite store. The frames are a synthetic scene with the statistics of a
+metrics, the four artifacts) into a SQLite store that already exists (creating one is a one-off). The frames are a synthetic scene with the statistics of a
 render (smooth gradients, moving shapes, fine grain), since x264's speed depends on content. The share is against
 the measured wanflow TI2V-5B 720p render on one H200 (``bench/results/ti2v-720p.json``).
 """
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from wanflow.media import write_outputs
     from wanflow.quality import frame_metrics
     from wanflow.spec import RenderSpec
-    from wanflow.tracking import RenderRun
+    from wanflow.tracking import RenderRun, client_and_experiment
 
     frames = scene()
     spec = RenderSpec(preset="ti2v-5b", prompt="a red fox runs through fresh snow at dawn", seed=0)
@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         metrics = frame_metrics(frames, None)
         seconds["frame_metrics"] = time.perf_counter() - started
+        uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+        client_and_experiment(uri)  # the store exists already in steady use (its creation is a one-off)
         started = time.perf_counter()
-        run = RenderRun.start(spec.to_params(), {"stage": "draft"}, "bench", f"sqlite:///{folder}/mlruns/mlflow.db")
+        run = RenderRun.start(spec.to_params(), {"stage": "draft"}, "bench", uri)
         seconds["log_start"] = time.perf_counter() - started
         seconds["log_finish"] = run.finish(metrics, {"bench": "true"}, list(files.as_dict().values()))
         sizes = {name: os.path.getsize(path) for name, path in files.as_dict().items()}

@@ -259,8 +259,14 @@ def flicker(frames: np.ndarray) -> float:
     frames = as_uint8_frames(frames)
     if frames.shape[0] < 3:
         return 0.0
-    luma = frames.astype(np.float32) @ _LUMA  # (F, H, W)
-    return float(np.mean(np.abs(luma[1:-1] - 0.5 * (luma[:-2] + luma[2:]))))
+    # frame by frame: a 720p clip's luma as one float array would be 1.3 GB
+    luma = [frames[t].astype(np.float32) @ _LUMA for t in range(2)]
+    total = 0.0
+    for t in range(2, frames.shape[0]):
+        luma.append(frames[t].astype(np.float32) @ _LUMA)
+        total += float(np.abs(luma[1] - 0.5 * (luma[0] + luma[2])).sum(dtype=np.float64))
+        luma.pop(0)
+    return total / ((frames.shape[0] - 2) * frames.shape[1] * frames.shape[2])
 
 
 def frame_metrics(frames: np.ndarray, prompt: str | None) -> dict[str, float]:
