@@ -7,20 +7,42 @@ not the file store that MLflow >= 3.13 refuses without ``MLFLOW_ALLOW_FILE_STORE
 Runs are written through ``MlflowClient`` (explicit run ids, no global active run), so batch code and several
 renders in one process never mix up runs. A run is created before the render starts and always ends: FINISHED
 with its files, or FAILED with the error as a tag and ``error.txt``.
+
+**Several writers on one SQLite store** (several renders, a replay, the UI, at once). SQLite allows one writer at
+a time; MLflow's own session sets ``PRAGMA busy_timeout = 20000``, so a write waits up to 20 s for the lock. What
+broke was the *first use* of a fresh store: every process ran MLflow's schema migration and created the
+``Default`` experiment at the same time (``SqlAlchemyStore.__init__`` does both without a lock), which failed
+with "table _alembic_tmp_... already exists", "duplicate column name", alembic version mismatches, and could
+leave half-migrated tables behind. So, for a SQLite store:
+
+- the store is opened, migrated and the ``wanflow`` experiment found or created under an exclusive file lock,
+  ``<db>.lock`` beside the database (:mod:`filelock`), so one process migrates and the others wait;
+- the database is switched once to write-ahead logging (``PRAGMA journal_mode=WAL``, a setting stored in the
+  file): readers (the UI, ``wanflow history``) no longer block the writer nor it them. WAL needs the database on a
+  local disk (not NFS), like SQLite's locking itself;
+- a write that still fails with MLflow's "database is locked" (``TEMPORARILY_UNAVAILABLE``, after its 20 s) is
+  retried :data:`WRITE_ATTEMPTS` times with backoff (:func:`retry_locked`): a render's record is worth a wait.
+
+Many machines writing to one store need a tracking server (``mlflow server`` with a SQL database behind it) and
+``--tracking-uri http://HOST:PORT``; a SQLite file is for one machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sqlite3
 import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from wanflow.exceptions import TrackingError
@@ -29,6 +51,13 @@ from wanflow.exceptions import TrackingError
 EXPERIMENT = "wanflow"
 #: The artifacts at the run's root, the only ones MLflow's Compare Runs page shows side by side.
 ROOT_ARTIFACTS = ("video.mp4", "preview.gif", "contact_sheet.png", "spec.json")
+#: Attempts of a write that MLflow reports as "database is locked", and the first wait between them (doubling).
+WRITE_ATTEMPTS = 4
+WRITE_BACKOFF_S = 1.0
+#: Seconds to wait for another process's first-use set-up of a SQLite store (schema migration) to finish.
+INIT_LOCK_TIMEOUT_S = 300.0
+
+T = TypeVar("T")
 
 
 def default_tracking_uri() -> str:
@@ -91,9 +120,67 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+_WAL_SET: set[Path] = set()
+
+
+def _use_wal(database: Path) -> None:
+    """Switch the SQLite file to write-ahead logging once per process (stored in the file; a no-op when it is
+    already WAL). Best effort: a database busy at this moment keeps its journal mode for now."""
+    if database in _WAL_SET:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=10)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+        _WAL_SET.add(database)
+    except sqlite3.Error:
+        pass
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Hold ``<db>.lock`` beside a SQLite store's database (nothing for other stores): the lock under which a
+    store is first created and migrated, so processes that open a fresh store at once wait for one of them.
+
+    Raises:
+        TrackingError: the lock was not free within :data:`INIT_LOCK_TIMEOUT_S` seconds.
+    """
+    database = _sqlite_path(uri)
+    if database is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(f"{database}.lock", timeout=INIT_LOCK_TIMEOUT_S):
+            yield
+    except Timeout:
+        raise TrackingError(f"tracking_uri: {database}.lock was held for more than {INIT_LOCK_TIMEOUT_S:.0f} s "
+                            "by another process setting up the store; is one stuck?") from None
+
+
+def retry_locked(call: Callable[..., T], *args, **kwargs) -> T:
+    """``call(*args, **kwargs)``, retried when MLflow raises "database is locked" (its SQL store's
+    ``TEMPORARILY_UNAVAILABLE``, after SQLite's own 20 s busy timeout): :data:`WRITE_ATTEMPTS` attempts in all,
+    waiting :data:`WRITE_BACKOFF_S` seconds, then twice that, and so on. A failed SQLite write is rolled back, so
+    a retry never writes twice. Any other error is raised at once; the last one is raised when attempts run out."""
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as err:
+            if err.error_code != ErrorCode.Name(TEMPORARILY_UNAVAILABLE) or attempt == WRITE_ATTEMPTS - 1:
+                raise
+            time.sleep(WRITE_BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 def client_and_experiment(tracking_uri: str | None = None) -> tuple[MlflowClient, str]:
     """An ``MlflowClient`` for the store and the id of the wanflow experiment (created on first use, with its
-    artifacts beside a SQLite database).
+    artifacts beside a SQLite database). A SQLite store is opened under :func:`store_lock` and put in WAL mode
+    (see the module's docstring), so processes that start on a fresh store together do not race its migration.
 
     Raises:
         TrackingError: the store cannot be reached (e.g. a tracking server that is down).
@@ -103,14 +190,20 @@ def client_and_experiment(tracking_uri: str | None = None) -> tuple[MlflowClient
         _probe_server(uri)
     name = os.environ.get("WANFLOW_EXPERIMENT", EXPERIMENT)
     try:
-        client = MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return client, experiment.experiment_id
-        try:
-            return client, client.create_experiment(name, artifact_location=_artifact_location(uri))
-        except MlflowException:  # created by a concurrent process in the meantime
-            return client, client.get_experiment_by_name(name).experiment_id
+        with store_lock(uri):
+            if _sqlite_path(uri) is not None:
+                _use_wal(_sqlite_path(uri))
+            client = MlflowClient(tracking_uri=uri)
+            experiment = client.get_experiment_by_name(name)  # opens (and on first use migrates) the store
+            if experiment is not None:
+                return client, experiment.experiment_id
+            try:
+                return client, retry_locked(client.create_experiment, name,
+                                            artifact_location=_artifact_location(uri))
+            except MlflowException:  # created by a process writing through another store lock (a server)
+                return client, client.get_experiment_by_name(name).experiment_id
+    except TrackingError:
+        raise
     except MlflowException as err:
         raise TrackingError(f"tracking_uri: cannot use the MLflow store at {uri}: {err.message[:300]}") from err
     except Exception as err:  # connection errors surface as requests/urllib3 exceptions
@@ -139,12 +232,12 @@ class RenderRun:
         """
         client, experiment_id = client_and_experiment(tracking_uri)
         try:
-            run = client.create_run(experiment_id, tags=tags, run_name=name)
+            run = retry_locked(client.create_run, experiment_id, tags=tags, run_name=name)
         except Exception as err:
             raise TrackingError(f"tracking_uri: cannot create a run in {client.tracking_uri}: {err}") from err
         self = cls(client, run.info.run_id, client.tracking_uri)
         try:
-            client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+            retry_locked(client.log_batch, self.run_id, params=[Param(k, v) for k, v in params.items()])
         except BaseException as err:
             self.fail(err)
             raise
@@ -167,16 +260,16 @@ class RenderRun:
         logging took, which is also logged as the metric ``log_s``."""
         started = time.perf_counter()
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id,
+        retry_locked(
+            self.client.log_batch, self.run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v == v],  # drop NaN
             tags=[RunTag(k, str(v)) for k, v in tags.items()],
         )
         for path in files:
             self.client.log_artifact(self.run_id, str(path))
         seconds = time.perf_counter() - started
-        self.client.log_metric(self.run_id, "log_s", seconds, now, 0)
-        self.client.set_terminated(self.run_id, "FINISHED")
+        retry_locked(self.client.log_metric, self.run_id, "log_s", seconds, now, 0)
+        retry_locked(self.client.set_terminated, self.run_id, "FINISHED")
         return seconds
 
     def fail(self, error: BaseException) -> None:
@@ -185,7 +278,7 @@ class RenderRun:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         try:
             message = f"{type(error).__name__}: {error}"
-            self.client.set_tag(self.run_id, "error", message[:4900])
+            retry_locked(self.client.set_tag, self.run_id, "error", message[:4900])
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "error.txt"
                 path.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
@@ -193,7 +286,7 @@ class RenderRun:
         except Exception:
             pass
         try:
-            self.client.set_terminated(self.run_id, status)
+            retry_locked(self.client.set_terminated, self.run_id, status)
         except Exception:
             pass
 
