@@ -3,13 +3,20 @@
 :func:`render` is the one call the CLI, the notebooks and the replay use. Data flows one way:
 :func:`wanflow.generate.generate` makes the frames, :mod:`wanflow.media` writes the files,
 :mod:`wanflow.tracking` records the run. The run is created before the model loads and always ends, FINISHED or
-FAILED, so a crash never leaves it RUNNING.
+FAILED (a process killed outright leaves it RUNNING until :func:`wanflow.tracking.end_orphaned_runs` ends it
+KILLED).
+
+A logged render writes its files into a hidden staging folder (:func:`wanflow.tracking.staging_folder`), logs
+them, ends its run FINISHED, and only then moves them into the output folder (``video.mp4`` last). So a
+``video.mp4`` in an output folder always belongs to a FINISHED run, and a render killed at any point leaves only
+the staging folder, which the next orphan check removes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +112,8 @@ def render(
         wanflow.tracking.TrackingError: the MLflow store cannot be reached (before the model loads).
         ModelNotFoundError: the preset's weights are missing (before anything is logged).
 
-    A render that fails removes the output folder it created if nothing was written into it.
+    A render that fails removes its staging folder, and the output folder it created if nothing else was
+    written into it.
     """
     if stage not in STAGES:
         raise ValueError(f"stage: {stage!r} is not one of {', '.join(STAGES)}")
@@ -125,18 +133,20 @@ def render(
 
 def _render_into(folder, spec, options, option_tags, stage, tags, tracking_uri, log, progress, on_step) -> RenderResult:
     run = None
+    staging = folder
     if log:
-        from wanflow.tracking import RenderRun, run_name
+        from wanflow.tracking import RenderRun, run_name, staging_folder
 
         base_tags = {
             "stage": stage, "preset": spec.preset, "spec_id": spec.spec_id, "task": spec.task,
-            **option_tags, **_versions(), **(tags or {}),
+            **option_tags, **_versions(), "out_dir": str(folder.resolve()), **(tags or {}),
         }
         run = RenderRun.start(spec.to_params(), base_tags, run_name(spec.prompt, stage), tracking_uri)
+        staging = staging_folder(folder, run.run_id)
     try:
         generation = generate(spec, options, on_step=on_step, progress=progress)
         started = time.perf_counter()
-        files = write_outputs(generation.frames, folder, spec.canonical_json(), spec.fps)
+        files = write_outputs(generation.frames, staging, spec.canonical_json(), spec.fps)
         timings = {**generation.timings, "encode": time.perf_counter() - started}
         earlier = None
         if run is not None:
@@ -151,7 +161,10 @@ def _render_into(folder, spec, options, option_tags, stage, tags, tracking_uri, 
     except BaseException as err:
         if run is not None:
             run.fail(err)
+            shutil.rmtree(staging, ignore_errors=True)
         raise
+    if run is not None:
+        files = _publish(files, folder)  # after FINISHED: the status is the commit point, the move only follows it
     return RenderResult(
         spec=spec, frames=generation.frames, files=files, seed=generation.seed, timings=timings,
         steps=generation.steps, peak_memory_gib=generation.peak_memory_gib,
@@ -159,6 +172,18 @@ def _render_into(folder, spec, options, option_tags, stage, tags, tracking_uri, 
         earlier_run_id=earlier[0] if earlier else None,
         frames_match=(earlier[1] == generation.frames_sha256) if earlier else None,
     )
+
+
+def _publish(staged: MediaFiles, folder: Path) -> MediaFiles:
+    """Move a FINISHED render's files from its staging folder into ``folder`` (the video last, so a folder with a
+    ``video.mp4`` holds the whole render) and remove the staging folder."""
+    moved = {}
+    for key in ("spec", "preview", "contact_sheet", "video"):
+        source = getattr(staged, key)
+        moved[key] = folder / source.name
+        os.replace(source, moved[key])
+    shutil.rmtree(staged.video.parent, ignore_errors=True)
+    return MediaFiles(**moved)
 
 
 def _metrics(generation: Generation, timings: dict[str, float], spec: RenderSpec) -> dict[str, float]:

@@ -25,15 +25,27 @@ leave half-migrated tables behind. So, for a SQLite store:
 
 Many machines writing to one store need a tracking server (``mlflow server`` with a SQL database behind it) and
 ``--tracking-uri http://HOST:PORT``; a SQLite file is for one machine.
+
+**Orphaned runs.** A render killed outright (SIGKILL, a preempted VM, the OOM killer) cannot end its run, which
+would stay RUNNING. Each run records ``host``, ``pid`` (the process that renders) and ``heartbeat_at`` (UTC,
+refreshed every :data:`HEARTBEAT_S` seconds while it renders). :func:`end_orphaned_runs` (run by ``wanflow
+replay`` before it renders) ends a RUNNING run KILLED, with the tags ``error`` (why) and ``ended_by``, when its
+process is gone (same host, no live process with that pid started before the run) or when its heartbeat is older
+than :data:`STALE_AFTER_S` (any host). A render's files wait in a hidden staging folder
+(:func:`staging_folder`) until its run is FINISHED; ending an orphan on its own host removes that folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import re
+import shutil
+import socket
 import sqlite3
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -51,6 +63,10 @@ from wanflow.exceptions import TrackingError
 EXPERIMENT = "wanflow"
 #: The artifacts at the run's root, the only ones MLflow's Compare Runs page shows side by side.
 ROOT_ARTIFACTS = ("video.mp4", "preview.gif", "contact_sheet.png", "spec.json")
+#: Seconds between a rendering process's ``heartbeat_at`` tags.
+HEARTBEAT_S = 60.0
+#: A RUNNING run whose last heartbeat is older than this (10 missed heartbeats) is orphaned, on any host.
+STALE_AFTER_S = 600.0
 #: Attempts of a write that MLflow reports as "database is locked", and the first wait between them (doubling).
 WRITE_ATTEMPTS = 4
 WRITE_BACKOFF_S = 1.0
@@ -217,22 +233,42 @@ def run_name(prompt: str, stage: str) -> str:
     return f"{stage}: {words or 'untitled'}"
 
 
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def process_tags() -> dict[str, str]:
+    """The tags that let a later process tell whether a run's renderer is still alive: ``host``, ``pid`` and
+    ``heartbeat_at`` (now, UTC)."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "heartbeat_at": _utc_now()}
+
+
+def staging_folder(out_dir: str | os.PathLike, run_id: str) -> Path:
+    """Where a logged render writes its files until its run is FINISHED: ``<out_dir>/.partial-<run_id>``, hidden
+    and named so that nothing in it looks finished. The files are moved into ``out_dir`` after the run ends
+    FINISHED; :func:`end_orphaned_runs` removes the folder of a run it ends."""
+    return Path(out_dir) / f".partial-{run_id}"
+
+
 class RenderRun:
-    """The MLflow run of one render: created RUNNING by :meth:`start`, ended by :meth:`finish` or :meth:`fail`."""
+    """The MLflow run of one render: created RUNNING by :meth:`start`, ended by :meth:`finish` or :meth:`fail`.
+    While it is RUNNING, a daemon thread refreshes its ``heartbeat_at`` tag every :data:`HEARTBEAT_S` seconds."""
 
     def __init__(self, client: MlflowClient, run_id: str, tracking_uri: str):
         self.client, self.run_id, self.tracking_uri = client, run_id, tracking_uri
+        self._ended = threading.Event()
 
     @classmethod
     def start(cls, params: dict[str, str], tags: dict[str, str], name: str, tracking_uri: str | None = None) -> "RenderRun":
-        """Create the run with its params (the spec's fields) and tags.
+        """Create the run with its params (the spec's fields), ``tags`` and :func:`process_tags`, and start its
+        heartbeat.
 
         Raises:
             TrackingError: the store cannot be reached or written.
         """
         client, experiment_id = client_and_experiment(tracking_uri)
         try:
-            run = retry_locked(client.create_run, experiment_id, tags=tags, run_name=name)
+            run = retry_locked(client.create_run, experiment_id, tags={**tags, **process_tags()}, run_name=name)
         except Exception as err:
             raise TrackingError(f"tracking_uri: cannot create a run in {client.tracking_uri}: {err}") from err
         self = cls(client, run.info.run_id, client.tracking_uri)
@@ -241,7 +277,15 @@ class RenderRun:
         except BaseException as err:
             self.fail(err)
             raise
+        threading.Thread(target=self._beat, name=f"heartbeat-{self.run_id[:8]}", daemon=True).start()
         return self
+
+    def _beat(self) -> None:
+        while not self._ended.wait(HEARTBEAT_S):
+            try:
+                self.client.set_tag(self.run_id, "heartbeat_at", _utc_now())
+            except Exception:
+                pass  # a missed heartbeat only matters after STALE_AFTER_S of them
 
     def earlier_render(self, tags: dict[str, str]) -> tuple[str, str] | None:
         """The oldest FINISHED run (other than this one) with the same ``spec_id``, ``device`` and ``dtype`` tags
@@ -256,25 +300,30 @@ class RenderRun:
         return None
 
     def finish(self, metrics: dict[str, float], tags: dict[str, str], files: list[Path]) -> float:
-        """Log metrics, tags and each file at the run's root, then end the run FINISHED. Returns the seconds
-        logging took, which is also logged as the metric ``log_s``."""
+        """Log each file at the run's root, then the metrics and tags in one batch, then end the run FINISHED.
+        Returns the seconds copying the files took, which is also logged as the metric ``log_s``.
+
+        The status is the last write: a run killed while logging stays RUNNING (until :func:`end_orphaned_runs`
+        ends it KILLED), never FINISHED with files or metrics missing."""
         started = time.perf_counter()
+        for path in files:
+            retry_locked(self.client.log_artifact, self.run_id, str(path))
+        seconds = time.perf_counter() - started
         now = int(time.time() * 1000)
+        values = {**metrics, "log_s": seconds}
         retry_locked(
             self.client.log_batch, self.run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v == v],  # drop NaN
+            metrics=[Metric(k, float(v), now, 0) for k, v in values.items() if v == v],  # drop NaN
             tags=[RunTag(k, str(v)) for k, v in tags.items()],
         )
-        for path in files:
-            self.client.log_artifact(self.run_id, str(path))
-        seconds = time.perf_counter() - started
-        retry_locked(self.client.log_metric, self.run_id, "log_s", seconds, now, 0)
+        self._ended.set()
         retry_locked(self.client.set_terminated, self.run_id, "FINISHED")
         return seconds
 
     def fail(self, error: BaseException) -> None:
         """End the run FAILED (KILLED for Ctrl-C) with the error as a tag and its traceback as ``error.txt``.
         Never raises: a failure to record the failure must not hide the original error."""
+        self._ended.set()
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         try:
             message = f"{type(error).__name__}: {error}"
@@ -289,6 +338,68 @@ class RenderRun:
             retry_locked(self.client.set_terminated, self.run_id, status)
         except Exception:
             pass
+
+
+def _process_alive(pid: int, started_before: float) -> bool:
+    """Whether a live (not zombie) process ``pid`` runs on this machine that was started no later than
+    ``started_before`` (epoch seconds, plus a second of clock slack): a pid reused by a newer process is dead."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= started_before + 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # e.g. access denied: it exists
+        return True
+
+
+def orphan_reason(run, now: float | None = None, host: str | None = None) -> str | None:
+    """Why the RUNNING ``run`` (an ``mlflow.entities.Run``) is orphaned, or None if its renderer may be alive.
+
+    The rule: on the host that made it (tag ``host`` = this host), orphaned as soon as no live process with its
+    ``pid`` tag, started before the run, exists; on any host, orphaned when its ``heartbeat_at`` tag (else its
+    start time) is more than :data:`STALE_AFTER_S` seconds old. ``now`` is epoch seconds (default: now), ``host``
+    this machine's name (default: ``socket.gethostname()``)."""
+    now = time.time() if now is None else now
+    host = socket.gethostname() if host is None else host
+    tags, started = run.data.tags, run.info.start_time / 1000
+    pid = tags.get("pid", "")
+    if tags.get("host") == host and pid.isdigit() and not _process_alive(int(pid), started):
+        return f"its process {pid} on {host} is gone"
+    try:
+        beat = dt.datetime.fromisoformat(tags["heartbeat_at"]).timestamp()
+    except (KeyError, ValueError):
+        beat = started
+    if now - beat > STALE_AFTER_S:
+        where = f" (process {pid} on {tags['host']})" if pid and tags.get("host") else ""
+        return f"no heartbeat for {(now - beat) / 60:.0f} min{where}"
+    return None
+
+
+def end_orphaned_runs(tracking_uri: str | None = None, ended_by: str = "") -> list[tuple[str, str]]:
+    """End every orphaned RUNNING run of the wanflow experiment KILLED (the rule: :func:`orphan_reason`), with
+    the tags ``error`` (``orphaned: <why>``) and ``ended_by`` (``ended_by``, then this process and host), and remove
+    its :func:`staging_folder` when it was made on this host. Returns ``(run_id, why)`` for each run ended.
+
+    Raises:
+        TrackingError: the store cannot be reached.
+    """
+    client, experiment_id = client_and_experiment(tracking_uri)
+    me = f"{ended_by + ' ' if ended_by else ''}(process {os.getpid()} on {socket.gethostname()})"
+    ended = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000):
+        why = orphan_reason(run)
+        if why is None:
+            continue
+        retry_locked(client.log_batch, run.info.run_id, tags=[RunTag("error", f"orphaned: {why}"),
+                                                              RunTag("ended_by", me)])
+        retry_locked(client.set_terminated, run.info.run_id, "KILLED")
+        out_dir = run.data.tags.get("out_dir")
+        if out_dir and run.data.tags.get("host") == socket.gethostname():
+            shutil.rmtree(staging_folder(out_dir, run.info.run_id), ignore_errors=True)
+        ended.append((run.info.run_id, why))
+    return ended
 
 
 def history(tracking_uri: str | None = None, max_results: int = 1000, stage: str | None = None) -> pd.DataFrame:
