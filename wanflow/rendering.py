@@ -9,7 +9,8 @@ KILLED).
 A logged render writes its files into a hidden staging folder (:func:`wanflow.tracking.staging_folder`), logs
 them, ends its run FINISHED, and only then moves them into the output folder (``video.mp4`` last). So a
 ``video.mp4`` in an output folder always belongs to a FINISHED run, and a render killed at any point leaves only
-the staging folder, which the next orphan check removes.
+the staging folder, which the next orphan check removes (killed in the instant between FINISHED and the move,
+the files stay there; the run's artifacts hold them).
 """
 
 from __future__ import annotations
