@@ -8,8 +8,8 @@ appearing RUNNING in the store, its artifacts appearing in the store, a notebook
 kill *while logging* at a known point, the test holds SQLite's write lock (``BEGIN IMMEDIATE``) so that the
 render, having copied its files into the store, waits at its first write of metrics.
 
-Also, in-process: the orphan rule itself (which RUNNING runs :func:`wanflow.tracking.end_orphaned_runs` ends),
-and a kernel that dies alone (the replay ends its run FAILED).
+Also, in-process: the orphan rule itself (which RUNNING runs :func:`wanflow.tracking.end_orphaned_runs` ends), the
+heartbeat, and a kernel that dies alone (the replay ends its run FAILED).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -267,3 +268,24 @@ def test_a_kernel_that_dies_mid_render_leaves_its_run_failed_not_running(store, 
     run = MlflowClient(store).get_run(started["run"])
     assert run.info.status == "FAILED" and run.data.tags["error"] == "DeadKernelError: Kernel died"
     assert not started["staging"].exists()
+
+
+def test_a_running_render_beats_and_stops_beating_when_it_ends(store, monkeypatch):
+    """The heartbeat thread refreshes ``heartbeat_at`` while the run is RUNNING (here every 0.2 s instead of
+    HEARTBEAT_S) and stops when the run ends."""
+    from wanflow import tracking
+
+    monkeypatch.setattr(tracking, "HEARTBEAT_S", 0.2)
+    run = tracking.RenderRun.start({}, {"stage": "draft"}, "beats", store)
+    client = run.client
+    first = client.get_run(run.run_id).data.tags
+    assert first["host"] == socket.gethostname() and first["pid"] == str(os.getpid())
+    deadline = time.monotonic() + 10
+    while client.get_run(run.run_id).data.tags["heartbeat_at"] == first["heartbeat_at"]:
+        assert time.monotonic() < deadline, "no heartbeat"
+        time.sleep(0.1)
+    run.fail(RuntimeError("done"))
+    beats = [t for t in threading.enumerate() if t.name == f"heartbeat-{run.run_id[:8]}"]
+    for thread in beats:
+        thread.join(timeout=2)
+    assert not any(t.is_alive() for t in beats)
