@@ -8,6 +8,7 @@ migration racing itself ("table _alembic_tmp_... already exists", "duplicate col
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -44,26 +45,32 @@ for i in range(renders):
 
 
 def test_processes_rendering_into_one_fresh_store_lose_nothing(tmp_path):
-    # The keys one render logs, from a render alone in its own store (which also builds the tiny model once).
-    alone = f"sqlite:///{tmp_path / 'alone' / 'mlflow.db'}"
-    reference = wanflow.render(RenderSpec(preset="tiny-ti2v", prompt="alone", seed=0, num_inference_steps=2,
-                                          num_frames=5),
-                               out_dir=tmp_path / "alone-out", tracking_uri=alone, progress=False)
-    expected = MlflowClient(alone).get_run(reference.run_id).data
-
     store = f"sqlite:///{tmp_path / 'shared' / 'mlruns' / 'mlflow.db'}"
     started = time.monotonic()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 4 processes on a few cores: no thread oversubscription
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, store, f"w{n}", str(tmp_path), str(RENDERS)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
                for n in range(PROCESSES)]
-    deadline = time.monotonic() + 60
-    while len(list(tmp_path.glob("ready-*"))) < PROCESSES:
-        assert time.monotonic() < deadline and all(w.poll() is None for w in workers), "workers did not start"
-        time.sleep(0.01)
-    assert not Path(store.removeprefix("sqlite:///")).exists()  # the race starts at the store's first use
-    ready = time.monotonic() - started
-    (tmp_path / "go").touch()
-    outputs = [w.communicate(timeout=120)[0] for w in workers]
+    try:
+        # While they import: the keys one render logs, from a render alone in its own store (it also builds the
+        # tiny model the workers load once they are released).
+        alone = f"sqlite:///{tmp_path / 'alone' / 'mlflow.db'}"
+        reference = wanflow.render(RenderSpec(preset="tiny-ti2v", prompt="alone", seed=0, num_inference_steps=2,
+                                              num_frames=5),
+                                   out_dir=tmp_path / "alone-out", tracking_uri=alone, progress=False)
+        expected = MlflowClient(alone).get_run(reference.run_id).data
+        deadline = time.monotonic() + 90
+        while len(list(tmp_path.glob("ready-*"))) < PROCESSES:
+            assert time.monotonic() < deadline and all(w.poll() is None for w in workers), "workers did not start"
+            time.sleep(0.01)
+        assert not Path(store.removeprefix("sqlite:///")).exists()  # the race starts at the store's first use
+        ready = time.monotonic() - started
+        (tmp_path / "go").touch()
+        outputs = [w.communicate(timeout=120)[0] for w in workers]
+    finally:
+        for worker in workers:  # released or not, none outlives the test
+            if worker.poll() is None:
+                worker.kill()
     seconds = time.monotonic() - started
     assert [w.returncode for w in workers] == [0] * PROCESSES, "\n".join(outputs)
 
