@@ -3,13 +3,21 @@
 :func:`render` is the one call the CLI, the notebooks and the replay use. Data flows one way:
 :func:`wanflow.generate.generate` makes the frames, :mod:`wanflow.media` writes the files,
 :mod:`wanflow.tracking` records the run. The run is created before the model loads and always ends, FINISHED or
-FAILED, so a crash never leaves it RUNNING.
+FAILED (a process killed outright leaves it RUNNING until :func:`wanflow.tracking.end_orphaned_runs` ends it
+KILLED).
+
+A logged render writes its files into a hidden staging folder (:func:`wanflow.tracking.staging_folder`), logs
+them, ends its run FINISHED, and only then moves them into the output folder (``video.mp4`` last). So a
+``video.mp4`` in an output folder always belongs to a FINISHED run, and a render killed at any point leaves only
+the staging folder, which the next orphan check removes (killed in the instant between FINISHED and the move,
+the files stay there; the run's artifacts hold them).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,9 +119,10 @@ def render(
         DiskFullError: the disk filled up while writing the files or the run's artifacts (run FAILED; the
             message says where; no file of the render is left in ``out_dir``).
 
-    A render that fails removes the output folder it created if nothing was written into it. A prompt longer than
-    MLflow's param limit (:data:`wanflow.tracking.PARAM_VALUE_LIMIT`) is logged cut, with the tag
-    ``params_truncated=prompt`` and the full text as the artifact ``prompt.txt`` (the same for ``negative_prompt``).
+    A render that fails removes its staging folder, and the output folder it created if nothing else was
+    written into it. A prompt longer than MLflow's param limit (:data:`wanflow.tracking.PARAM_VALUE_LIMIT`) is
+    logged cut, with the tag ``params_truncated=prompt`` and the full text as the artifact ``prompt.txt`` (the same
+    for ``negative_prompt``).
     """
     if stage not in STAGES:
         raise ValueError(f"stage: {stage!r} is not one of {', '.join(STAGES)}")
@@ -135,24 +144,26 @@ def render(
 
 def _render_into(folder, spec, options, option_tags, stage, tags, tracking_uri, log, progress, on_step) -> RenderResult:
     run, cut = None, []
+    staging = folder
     if log:
-        from wanflow.tracking import RenderRun, fit_params, run_name
+        from wanflow.tracking import RenderRun, fit_params, run_name, staging_folder
 
         base_tags = {
             "stage": stage, "preset": spec.preset, "spec_id": spec.spec_id, "task": spec.task,
-            **option_tags, **_versions(), **(tags or {}),
+            **option_tags, **_versions(), "out_dir": str(folder.resolve()), **(tags or {}),
         }
         # a prompt past MLflow's param limit: the param cut (tagged), the full text beside it as <field>.txt
         params, cut = fit_params(spec.to_params())
         if cut:
             base_tags["params_truncated"] = ",".join(cut)
         run = RenderRun.start(params, base_tags, run_name(spec.prompt, stage), tracking_uri)
+        staging = staging_folder(folder, run.run_id)
     try:
         for field in cut:
             run.client.log_text(run.run_id, getattr(spec, field), f"{field}.txt")
         generation = generate(spec, options, on_step=on_step, progress=progress)
         started = time.perf_counter()
-        files = write_outputs(generation.frames, folder, spec.canonical_json(), spec.fps)
+        files = write_outputs(generation.frames, staging, spec.canonical_json(), spec.fps)
         timings = {**generation.timings, "encode": time.perf_counter() - started}
         earlier = None
         if run is not None:
@@ -173,7 +184,10 @@ def _render_into(folder, spec, options, option_tags, stage, tags, tracking_uri, 
     except BaseException as err:
         if run is not None:
             run.fail(err)
+            shutil.rmtree(staging, ignore_errors=True)
         raise
+    if run is not None:
+        files = _publish(files, folder)  # after FINISHED: the status is the commit point, the move only follows it
     return RenderResult(
         spec=spec, frames=generation.frames, files=files, seed=generation.seed, timings=timings,
         steps=generation.steps, peak_memory_gib=generation.peak_memory_gib,
@@ -181,6 +195,18 @@ def _render_into(folder, spec, options, option_tags, stage, tags, tracking_uri, 
         earlier_run_id=earlier[0] if earlier else None,
         frames_match=(earlier[1] == generation.frames_sha256) if earlier else None,
     )
+
+
+def _publish(staged: MediaFiles, folder: Path) -> MediaFiles:
+    """Move a FINISHED render's files from its staging folder into ``folder`` (the video last, so a folder with a
+    ``video.mp4`` holds the whole render) and remove the staging folder."""
+    moved = {}
+    for key in ("spec", "preview", "contact_sheet", "video"):
+        source = getattr(staged, key)
+        moved[key] = folder / source.name
+        os.replace(source, moved[key])
+    shutil.rmtree(staged.video.parent, ignore_errors=True)
+    return MediaFiles(**moved)
 
 
 def _metrics(generation: Generation, timings: dict[str, float], spec: RenderSpec) -> dict[str, float]:

@@ -17,11 +17,18 @@ through papermill, once per lock, with resume and per-lock failure records.
   run made here, with the lineage tags, the error and the failed notebook.
 - **Resume**: a lock is skipped when a FINISHED run carries the ``final_spec_id`` the request gives for it
   (:meth:`wanflow.transfer.FinalRequest.final_spec_id`), unless ``force``.
+- **Crashes**: a replay killed outright (SIGKILL, a preempted VM) can be run again as it was. Before rendering,
+  it ends the store's orphaned RUNNING runs KILLED (:func:`wanflow.tracking.end_orphaned_runs`: same host and
+  process gone, or no heartbeat for 10 minutes) and removes their staging folders; a kill before a final's run
+  is FINISHED leaves no ``video.mp4`` (a render's files reach its folder only after FINISHED), and one after it
+  leaves a FINISHED run that resume skips. When only the kernel dies (e.g. killed for memory), the attempt's run
+  is ended FAILED at once and the batch goes on.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import sys
 import time
 import uuid
@@ -33,7 +40,8 @@ from jupyter_client import AsyncKernelManager
 
 from wanflow.locks import get_lock, list_locks
 from wanflow.media import check_writable, safe_name
-from wanflow.tracking import RenderRun, client_and_experiment, resolve_tracking_uri
+from wanflow.tracking import (RenderRun, client_and_experiment, end_orphaned_runs, resolve_tracking_uri,
+                              staging_folder)
 from wanflow.transfer import DEFAULT_STRENGTH, FinalPlan, FinalRequest
 
 #: The final-render notebook, in the repository beside the package (a checkout or an editable install).
@@ -181,6 +189,8 @@ def replay(
     held = {name: get_lock(name, uri) for name in names}  # so does a missing lock
     check_writable(Path(out_dir))  # and an output folder that cannot be written
     client, experiment_id = client_and_experiment(uri)
+    for run_id, why in end_orphaned_runs(uri, ended_by="wanflow replay"):
+        report(f"{'killed':8s} orphaned run {run_id}: {why}")
     summary = ReplaySummary()
     for name in names:
         request, lock = requests[name], held[name]
@@ -228,6 +238,9 @@ def _render_one(plan: FinalPlan, uri: str, out_dir: Path, notebook: Path, device
         run_id = run.info.run_id
         if error is None and run.info.status != "FINISHED":
             error = RuntimeError(f"run {run_id} ended {run.info.status}")
+        if run.info.status == "RUNNING":  # the kernel died mid-render (papermill has shut it down): end it here
+            RenderRun(client, run_id, uri).fail(error)
+            shutil.rmtree(staging_folder(folder, run_id), ignore_errors=True)
     if executed.is_file():
         client.log_artifact(run_id, str(executed))
     if error is not None:

@@ -7,20 +7,54 @@ not the file store that MLflow >= 3.13 refuses without ``MLFLOW_ALLOW_FILE_STORE
 Runs are written through ``MlflowClient`` (explicit run ids, no global active run), so batch code and several
 renders in one process never mix up runs. A run is created before the render starts and always ends: FINISHED
 with its files, or FAILED with the error as a tag and ``error.txt``.
+
+**Several writers on one SQLite store** (several renders, a replay, the UI, at once). SQLite allows one writer at
+a time; MLflow's own session sets ``PRAGMA busy_timeout = 20000``, so a write waits up to 20 s for the lock. What
+broke was the *first use* of a fresh store: every process ran MLflow's schema migration and created the
+``Default`` experiment at the same time (``SqlAlchemyStore.__init__`` does both without a lock), which failed
+with "table _alembic_tmp_... already exists", "duplicate column name", alembic version mismatches, and could
+leave half-migrated tables behind. So, for a SQLite store:
+
+- the store is opened, migrated and the ``wanflow`` experiment found or created under an exclusive file lock,
+  ``<db>.lock`` beside the database (:mod:`filelock`), so one process migrates and the others wait;
+- the database is switched once to write-ahead logging (``PRAGMA journal_mode=WAL``, a setting stored in the
+  file): readers (the UI, ``wanflow history``) no longer block the writer nor it them. WAL needs the database on a
+  local disk (not NFS), like SQLite's locking itself;
+- a write that still fails with MLflow's "database is locked" (``TEMPORARILY_UNAVAILABLE``, after its 20 s) is
+  retried :data:`WRITE_ATTEMPTS` times with backoff (:func:`retry_locked`): a render's record is worth a wait.
+
+Many machines writing to one store need a tracking server (``mlflow server`` with a SQL database behind it) and
+``--tracking-uri http://HOST:PORT``; a SQLite file is for one machine.
+
+**Orphaned runs.** A render killed outright (SIGKILL, a preempted VM, the OOM killer) cannot end its run, which
+would stay RUNNING. Each run records ``host``, ``pid`` (the process that renders) and ``heartbeat_at`` (UTC,
+refreshed every :data:`HEARTBEAT_S` seconds while it renders). :func:`end_orphaned_runs` (run by ``wanflow
+replay`` before it renders) ends a RUNNING run KILLED, with the tags ``error`` (why) and ``ended_by``, when its
+process is gone (same host, no live process with that pid started before the run) or when its heartbeat is older
+than :data:`STALE_AFTER_S` (any host). A render's files wait in a hidden staging folder
+(:func:`staging_folder`) until its run is FINISHED; ending an orphan on its own host removes that folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import os
 import re
+import shutil
+import socket
+import sqlite3
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from wanflow.exceptions import TrackingError
@@ -29,6 +63,17 @@ from wanflow.exceptions import TrackingError
 EXPERIMENT = "wanflow"
 #: The artifacts at the run's root, the only ones MLflow's Compare Runs page shows side by side.
 ROOT_ARTIFACTS = ("video.mp4", "preview.gif", "contact_sheet.png", "spec.json")
+#: Seconds between a rendering process's ``heartbeat_at`` tags.
+HEARTBEAT_S = 60.0
+#: A RUNNING run whose last heartbeat is older than this (10 missed heartbeats) is orphaned, on any host.
+STALE_AFTER_S = 600.0
+#: Attempts of a write that MLflow reports as "database is locked", and the first wait between them (doubling).
+WRITE_ATTEMPTS = 4
+WRITE_BACKOFF_S = 1.0
+#: Seconds to wait for another process's first-use set-up of a SQLite store (schema migration) to finish.
+INIT_LOCK_TIMEOUT_S = 300.0
+
+T = TypeVar("T")
 
 
 def default_tracking_uri() -> str:
@@ -91,9 +136,67 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+_WAL_SET: set[Path] = set()
+
+
+def _use_wal(database: Path) -> None:
+    """Switch the SQLite file to write-ahead logging once per process (stored in the file; a no-op when it is
+    already WAL). Best effort: a database busy at this moment keeps its journal mode for now."""
+    if database in _WAL_SET:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=10)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+        _WAL_SET.add(database)
+    except sqlite3.Error:
+        pass
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Hold ``<db>.lock`` beside a SQLite store's database (nothing for other stores): the lock under which a
+    store is first created and migrated, so processes that open a fresh store at once wait for one of them.
+
+    Raises:
+        TrackingError: the lock was not free within :data:`INIT_LOCK_TIMEOUT_S` seconds.
+    """
+    database = _sqlite_path(uri)
+    if database is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(f"{database}.lock", timeout=INIT_LOCK_TIMEOUT_S):
+            yield
+    except Timeout:
+        raise TrackingError(f"tracking_uri: {database}.lock was held for more than {INIT_LOCK_TIMEOUT_S:.0f} s "
+                            "by another process setting up the store; is one stuck?") from None
+
+
+def retry_locked(call: Callable[..., T], *args, **kwargs) -> T:
+    """``call(*args, **kwargs)``, retried when MLflow raises "database is locked" (its SQL store's
+    ``TEMPORARILY_UNAVAILABLE``, after SQLite's own 20 s busy timeout): :data:`WRITE_ATTEMPTS` attempts in all,
+    waiting :data:`WRITE_BACKOFF_S` seconds, then twice that, and so on. A failed SQLite write is rolled back, so
+    a retry never writes twice. Any other error is raised at once; the last one is raised when attempts run out."""
+    for attempt in range(WRITE_ATTEMPTS):
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as err:
+            if err.error_code != ErrorCode.Name(TEMPORARILY_UNAVAILABLE) or attempt == WRITE_ATTEMPTS - 1:
+                raise
+            time.sleep(WRITE_BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 def client_and_experiment(tracking_uri: str | None = None) -> tuple[MlflowClient, str]:
     """An ``MlflowClient`` for the store and the id of the wanflow experiment (created on first use, with its
-    artifacts beside a SQLite database).
+    artifacts beside a SQLite database). A SQLite store is opened under :func:`store_lock` and put in WAL mode
+    (see the module's docstring), so processes that start on a fresh store together do not race its migration.
 
     Raises:
         TrackingError: the store cannot be reached (e.g. a tracking server that is down).
@@ -103,14 +206,20 @@ def client_and_experiment(tracking_uri: str | None = None) -> tuple[MlflowClient
         _probe_server(uri)
     name = os.environ.get("WANFLOW_EXPERIMENT", EXPERIMENT)
     try:
-        client = MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return client, experiment.experiment_id
-        try:
-            return client, client.create_experiment(name, artifact_location=_artifact_location(uri))
-        except MlflowException:  # created by a concurrent process in the meantime
-            return client, client.get_experiment_by_name(name).experiment_id
+        with store_lock(uri):
+            if _sqlite_path(uri) is not None:
+                _use_wal(_sqlite_path(uri))
+            client = MlflowClient(tracking_uri=uri)
+            experiment = client.get_experiment_by_name(name)  # opens (and on first use migrates) the store
+            if experiment is not None:
+                return client, experiment.experiment_id
+            try:
+                return client, retry_locked(client.create_experiment, name,
+                                            artifact_location=_artifact_location(uri))
+            except MlflowException:  # created by a process writing through another store lock (a server)
+                return client, client.get_experiment_by_name(name).experiment_id
+    except TrackingError:
+        raise
     except MlflowException as err:
         raise TrackingError(f"tracking_uri: cannot use the MLflow store at {uri}: {err.message[:300]}") from err
     except Exception as err:  # connection errors surface as requests/urllib3 exceptions
@@ -124,31 +233,59 @@ def run_name(prompt: str, stage: str) -> str:
     return f"{stage}: {words or 'untitled'}"
 
 
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def process_tags() -> dict[str, str]:
+    """The tags that let a later process tell whether a run's renderer is still alive: ``host``, ``pid`` and
+    ``heartbeat_at`` (now, UTC)."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "heartbeat_at": _utc_now()}
+
+
+def staging_folder(out_dir: str | os.PathLike, run_id: str) -> Path:
+    """Where a logged render writes its files until its run is FINISHED: ``<out_dir>/.partial-<run_id>``, hidden
+    and named so that nothing in it looks finished. The files are moved into ``out_dir`` after the run ends
+    FINISHED; :func:`end_orphaned_runs` removes the folder of a run it ends."""
+    return Path(out_dir) / f".partial-{run_id}"
+
+
 class RenderRun:
-    """The MLflow run of one render: created RUNNING by :meth:`start`, ended by :meth:`finish` or :meth:`fail`."""
+    """The MLflow run of one render: created RUNNING by :meth:`start`, ended by :meth:`finish` or :meth:`fail`.
+    While it is RUNNING, a daemon thread refreshes its ``heartbeat_at`` tag every :data:`HEARTBEAT_S` seconds."""
 
     def __init__(self, client: MlflowClient, run_id: str, tracking_uri: str):
         self.client, self.run_id, self.tracking_uri = client, run_id, tracking_uri
+        self._ended = threading.Event()
 
     @classmethod
     def start(cls, params: dict[str, str], tags: dict[str, str], name: str, tracking_uri: str | None = None) -> "RenderRun":
-        """Create the run with its params (the spec's fields) and tags.
+        """Create the run with its params (the spec's fields), ``tags`` and :func:`process_tags`, and start its
+        heartbeat.
 
         Raises:
             TrackingError: the store cannot be reached or written.
         """
         client, experiment_id = client_and_experiment(tracking_uri)
         try:
-            run = client.create_run(experiment_id, tags=tags, run_name=name)
+            run = retry_locked(client.create_run, experiment_id, tags={**tags, **process_tags()}, run_name=name)
         except Exception as err:
             raise TrackingError(f"tracking_uri: cannot create a run in {client.tracking_uri}: {err}") from err
         self = cls(client, run.info.run_id, client.tracking_uri)
         try:
-            client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
+            retry_locked(client.log_batch, self.run_id, params=[Param(k, v) for k, v in params.items()])
         except BaseException as err:
             self.fail(err)
             raise
+        threading.Thread(target=self._beat, name=f"heartbeat-{self.run_id[:8]}", daemon=True).start()
         return self
+
+    def _beat(self) -> None:
+        while not self._ended.wait(HEARTBEAT_S):
+            try:
+                self.client.set_tag(self.run_id, "heartbeat_at", _utc_now())
+            except Exception:
+                pass  # a missed heartbeat only matters after STALE_AFTER_S of them
 
     def earlier_render(self, tags: dict[str, str]) -> tuple[str, str] | None:
         """The oldest FINISHED run (other than this one) with the same ``spec_id``, ``device`` and ``dtype`` tags
@@ -163,29 +300,34 @@ class RenderRun:
         return None
 
     def finish(self, metrics: dict[str, float], tags: dict[str, str], files: list[Path]) -> float:
-        """Log metrics, tags and each file at the run's root, then end the run FINISHED. Returns the seconds
-        logging took, which is also logged as the metric ``log_s``."""
+        """Log each file at the run's root, then the metrics and tags in one batch, then end the run FINISHED.
+        Returns the seconds copying the files took, which is also logged as the metric ``log_s``.
+
+        The status is the last write: a run killed while logging stays RUNNING (until :func:`end_orphaned_runs`
+        ends it KILLED), never FINISHED with files or metrics missing."""
         started = time.perf_counter()
+        for path in files:
+            retry_locked(self.client.log_artifact, self.run_id, str(path))
+        seconds = time.perf_counter() - started
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v == v],  # drop NaN
+        values = {**metrics, "log_s": seconds}
+        retry_locked(
+            self.client.log_batch, self.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in values.items() if v == v],  # drop NaN
             tags=[RunTag(k, str(v)) for k, v in tags.items()],
         )
-        for path in files:
-            self.client.log_artifact(self.run_id, str(path))
-        seconds = time.perf_counter() - started
-        self.client.log_metric(self.run_id, "log_s", seconds, now, 0)
-        self.client.set_terminated(self.run_id, "FINISHED")
+        self._ended.set()
+        retry_locked(self.client.set_terminated, self.run_id, "FINISHED")
         return seconds
 
     def fail(self, error: BaseException) -> None:
         """End the run FAILED (KILLED for Ctrl-C) with the error as a tag and its traceback as ``error.txt``.
         Never raises: a failure to record the failure must not hide the original error."""
+        self._ended.set()
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         try:
             message = f"{type(error).__name__}: {error}"
-            self.client.set_tag(self.run_id, "error", message[:4900])
+            retry_locked(self.client.set_tag, self.run_id, "error", message[:4900])
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "error.txt"
                 path.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
@@ -193,9 +335,71 @@ class RenderRun:
         except Exception:
             pass
         try:
-            self.client.set_terminated(self.run_id, status)
+            retry_locked(self.client.set_terminated, self.run_id, status)
         except Exception:
             pass
+
+
+def _process_alive(pid: int, started_before: float) -> bool:
+    """Whether a live (not zombie) process ``pid`` runs on this machine that was started no later than
+    ``started_before`` (epoch seconds, plus a second of clock slack): a pid reused by a newer process is dead."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= started_before + 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # e.g. access denied: it exists
+        return True
+
+
+def orphan_reason(run, now: float | None = None, host: str | None = None) -> str | None:
+    """Why the RUNNING ``run`` (an ``mlflow.entities.Run``) is orphaned, or None if its renderer may be alive.
+
+    The rule: on the host that made it (tag ``host`` = this host), orphaned as soon as no live process with its
+    ``pid`` tag, started before the run, exists; on any host, orphaned when its ``heartbeat_at`` tag (else its
+    start time) is more than :data:`STALE_AFTER_S` seconds old. ``now`` is epoch seconds (default: now), ``host``
+    this machine's name (default: ``socket.gethostname()``)."""
+    now = time.time() if now is None else now
+    host = socket.gethostname() if host is None else host
+    tags, started = run.data.tags, run.info.start_time / 1000
+    pid = tags.get("pid", "")
+    if tags.get("host") == host and pid.isdigit() and not _process_alive(int(pid), started):
+        return f"its process {pid} on {host} is gone"
+    try:
+        beat = dt.datetime.fromisoformat(tags["heartbeat_at"]).timestamp()
+    except (KeyError, ValueError):
+        beat = started
+    if now - beat > STALE_AFTER_S:
+        where = f" (process {pid} on {tags['host']})" if pid and tags.get("host") else ""
+        return f"no heartbeat for {(now - beat) / 60:.0f} min{where}"
+    return None
+
+
+def end_orphaned_runs(tracking_uri: str | None = None, ended_by: str = "") -> list[tuple[str, str]]:
+    """End every orphaned RUNNING run of the wanflow experiment KILLED (the rule: :func:`orphan_reason`), with
+    the tags ``error`` (``orphaned: <why>``) and ``ended_by`` (``ended_by``, then this process and host), and remove
+    its :func:`staging_folder` when it was made on this host. Returns ``(run_id, why)`` for each run ended.
+
+    Raises:
+        TrackingError: the store cannot be reached.
+    """
+    client, experiment_id = client_and_experiment(tracking_uri)
+    me = f"{ended_by + ' ' if ended_by else ''}(process {os.getpid()} on {socket.gethostname()})"
+    ended = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000):
+        why = orphan_reason(run)
+        if why is None:
+            continue
+        retry_locked(client.log_batch, run.info.run_id, tags=[RunTag("error", f"orphaned: {why}"),
+                                                              RunTag("ended_by", me)])
+        retry_locked(client.set_terminated, run.info.run_id, "KILLED")
+        out_dir = run.data.tags.get("out_dir")
+        if out_dir and run.data.tags.get("host") == socket.gethostname():
+            shutil.rmtree(staging_folder(out_dir, run.info.run_id), ignore_errors=True)
+        ended.append((run.info.run_id, why))
+    return ended
 
 
 def history(tracking_uri: str | None = None, max_results: int = 1000, stage: str | None = None) -> pd.DataFrame:
