@@ -184,13 +184,25 @@ def model_without_weights(tmp, mp):
 
 
 def disk_full_in_ffmpeg(tmp, mp):
-    """A real ENOSPC from ffmpeg: the video's temporary file is a link to /dev/full."""
+    """A real ENOSPC from ffmpeg: the video's temporary file in the render's staging folder is a link to /dev/full."""
     import wanflow.media as media
 
     out = tmp / "out"
     out.mkdir()
     mp.setattr(media, "secrets", types.SimpleNamespace(token_hex=lambda n: "full"))
-    (out / ".video.full.partial.mp4").symlink_to("/dev/full")
+    import wanflow.tracking as tracking
+
+    real = tracking.staging_folder
+
+    def staging_with_full_disk(folder, run_id):  # a logged render writes into its staging folder
+        path = real(folder, run_id)
+        path.mkdir(parents=True, exist_ok=True)
+        link = path / ".video.full.partial.mp4"
+        if not link.is_symlink():
+            link.symlink_to("/dev/full")
+        return path
+
+    mp.setattr(tracking, "staging_folder", staging_with_full_disk)
     return {}
 
 
