@@ -147,8 +147,9 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from wanflow.tracking import history
+    from wanflow.tracking import end_orphaned_runs, history
 
+    end_orphaned_runs(args.tracking_uri, ended_by="wanflow history")  # a killed render's run shows KILLED, not RUNNING
     frame = history(args.tracking_uri, max_results=args.limit, stage=args.stage)
     if args.json:
         print(frame.to_json(orient="records", date_format="iso", indent=2))
