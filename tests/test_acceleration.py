@@ -23,9 +23,12 @@ def test_approximations_are_a_set_in_the_spec_and_leave_old_ids_alone():
     assert cached.spec_id != plain.spec_id
     assert cached.to_params()["approximations"] == "first-block-cache,fp8"
     assert plain.to_params()["approximations"] == "none"
+    assert RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=1, approximations="none") == plain  # param round trip
     assert RenderSpec.model_validate_json(cached.canonical_json()) == cached
-    with pytest.raises(ValueError, match="approximations"):
+    with pytest.raises(ValueError, match=r"approximations: unknown 'turbo'; allowed: first-block-cache, fp8"):
         RenderSpec(preset="tiny-ti2v", prompt=PROMPT, approximations=["turbo"])
+    with pytest.raises(ValueError, match=r"approximations: 3 is not a list of names"):
+        RenderSpec(preset="tiny-ti2v", prompt=PROMPT, approximations=3)
 
 
 def test_gpu_only_approximations_are_refused_on_cpu_before_a_run(store, tmp_path):

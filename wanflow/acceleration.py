@@ -30,11 +30,13 @@ from typing import Iterable
 
 import torch
 
+from wanflow.spec import APPROXIMATION_NAMES
+
 #: diffusers' exact attention backends, fastest first where known (``shared/RESEARCH.md`` §2). ``native`` is
 #: ``F.scaled_dot_product_attention`` with PyTorch's own choice: always available, the fallback.
 EXACT_ATTENTION = ("_flash_3", "flash", "_native_cudnn", "_native_flash", "_native_efficient", "native")
 #: The opt-in approximations, as spelled in a spec.
-APPROXIMATIONS = ("first-block-cache", "fp8", "sage-attention")
+APPROXIMATIONS = APPROXIMATION_NAMES
 #: diffusers' default First Block Cache threshold (``FirstBlockCacheConfig``): mean absolute relative change of the
 #: first block's residual below which a step reuses the cache.
 FIRST_BLOCK_CACHE_THRESHOLD = 0.05
@@ -137,7 +139,7 @@ def check_approximations(names: Iterable[str], device: torch.device) -> None:
             raise ValueError(f"approximations: fp8 needs compute capability >= 8.9 (H100, L40S, RTX 4090); "
                              f"{torch.cuda.get_device_name(device)} is sm{major}{minor}")
         try:
-            import torchao  # noqa: F401
+            import torchao  # noqa: F401  (only whether it installs)
         except ImportError:
             raise ValueError("approximations: fp8 needs torchao (`pip install torchao`)") from None
     if "sage-attention" in names:

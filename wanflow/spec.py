@@ -134,10 +134,6 @@ class RenderSpec(BaseModel):
                 data[key] = os.path.abspath(os.path.expanduser(data[key]))
         if data.get("video") is not None and data.get("strength") is None:
             data["strength"] = DEFAULT_STRENGTH
-        if isinstance(data.get("approximations"), str):  # "fp8,first-block-cache" from a CLI or a param
-            data["approximations"] = [name for name in data["approximations"].split(",") if name.strip()]
-        if isinstance(data.get("approximations"), (list, tuple)):  # a set: order and repeats do not matter
-            data["approximations"] = tuple(sorted({str(name).strip() for name in data["approximations"]}))
         return data
 
     @model_validator(mode="after")
@@ -236,6 +232,24 @@ def _as_path(value: Any, allowed: str) -> str:
     return value
 
 
+#: The names :attr:`RenderSpec.approximations` takes (see :mod:`wanflow.acceleration`).
+APPROXIMATION_NAMES = ("first-block-cache", "fp8", "sage-attention")
+
+
+def _as_approximations(value: Any, allowed: str) -> tuple[str, ...]:
+    """Approximation names as a sorted tuple without repeats (a set: order does not matter), from a list or a
+    comma-separated string (``"fp8,first-block-cache"`` from the CLI or a papermill parameter)."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple, set)) or not all(isinstance(name, str) for name in value):
+        raise ParameterError(f"{value!r} is not a list of names; {allowed}")
+    names = {name.strip() for name in value if name.strip()} - {"none"}  # "none": how a run's param says exact
+    unknown = sorted(names - set(APPROXIMATION_NAMES))
+    if unknown:
+        raise ParameterError(f"unknown {', '.join(map(repr, unknown))}; {allowed}")
+    return tuple(sorted(names))
+
+
 def _checked_types(data: dict, preset: Preset, fields: list[str]) -> dict:
     """``data`` with its values converted to the fields' types, or ValueError with one line per problem: an
     unknown field, or a value of the wrong type (``seed: 'abc' is not an integer; use an integer from 0 to ...``).
@@ -268,6 +282,8 @@ def _checked_types(data: dict, preset: Preset, fields: list[str]) -> dict:
         "video": (_as_path, media.format("an mp4 video", "video"), True),
         "image_sha256": (as_text, "64 hex digits, or None", True),
         "video_sha256": (as_text, "64 hex digits, or None", True),
+        "approximations": (_as_approximations, f"allowed: {', '.join(APPROXIMATION_NAMES)} (comma-separated), or "
+                                               "none for the exact path", True),
     }
     data, type_problems = check(data, rules)
     problems.extend(type_problems)
