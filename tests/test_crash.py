@@ -289,3 +289,25 @@ def test_a_running_render_beats_and_stops_beating_when_it_ends(store, monkeypatc
     for thread in beats:
         thread.join(timeout=2)
     assert not any(t.is_alive() for t in beats)
+
+
+def test_history_shows_a_killed_render_as_killed(store, capsys):
+    """A render killed outside a replay (its pid gone on this host) is ended KILLED by ``wanflow history``, which
+    then lists it so; a live process's run stays RUNNING."""
+    from wanflow.cli import main
+
+    client, experiment_id = client_and_experiment(store)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    dead = client.create_run(experiment_id, tags={"host": socket.gethostname(), "pid": str(gone.pid),
+                                                  "heartbeat_at": now, "stage": "draft"}).info.run_id
+    alive = client.create_run(experiment_id, tags={"host": socket.gethostname(), "pid": str(os.getpid()),
+                                                   "heartbeat_at": now, "stage": "draft"}).info.run_id
+    assert main(["history", "--tracking-uri", store]) == 0
+    out = capsys.readouterr().out
+    assert client.get_run(dead).info.status == "KILLED"
+    assert client.get_run(dead).data.tags["ended_by"].startswith("wanflow history")
+    assert client.get_run(alive).info.status == "RUNNING"
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "KILLED" in rows[dead] and "RUNNING" in rows[alive]
