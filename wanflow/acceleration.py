@@ -22,6 +22,7 @@ Approximations (``RenderSpec.approximations``; they change the frames, so they a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -30,13 +31,9 @@ from typing import Iterable
 
 import torch
 
-from wanflow.spec import APPROXIMATION_NAMES
-
 #: diffusers' exact attention backends, fastest first where known (``shared/RESEARCH.md`` §2). ``native`` is
 #: ``F.scaled_dot_product_attention`` with PyTorch's own choice: always available, the fallback.
 EXACT_ATTENTION = ("_flash_3", "flash", "_native_cudnn", "_native_flash", "_native_efficient", "native")
-#: The opt-in approximations, as spelled in a spec.
-APPROXIMATIONS = APPROXIMATION_NAMES
 #: diffusers' default First Block Cache threshold (``FirstBlockCacheConfig``): mean absolute relative change of the
 #: first block's residual below which a step reuses the cache.
 FIRST_BLOCK_CACHE_THRESHOLD = 0.05
@@ -138,10 +135,8 @@ def check_approximations(names: Iterable[str], device: torch.device) -> None:
         if (major, minor) < (8, 9):
             raise ValueError(f"approximations: fp8 needs compute capability >= 8.9 (H100, L40S, RTX 4090); "
                              f"{torch.cuda.get_device_name(device)} is sm{major}{minor}")
-        try:
-            import torchao  # noqa: F401  (only whether it installs)
-        except ImportError:
-            raise ValueError("approximations: fp8 needs torchao (`pip install torchao`)") from None
+        if importlib.util.find_spec("torchao") is None:
+            raise ValueError("approximations: fp8 needs torchao (`pip install torchao`)")
     if "sage-attention" in names:
         from diffusers.utils import is_sageattention_available
 
@@ -161,7 +156,7 @@ def accelerate(experts: dict[str, torch.nn.Module], device: torch.device, tokens
             default, nothing is compiled).
         tokens: sequence length of one forward (sets the shape the attention kernels are timed at).
         compile_blocks: compile the repeated transformer blocks (``torch.compile``, lazily on the first forward).
-        approximations: names from :data:`APPROXIMATIONS`.
+        approximations: names from :data:`wanflow.spec.APPROXIMATION_NAMES`.
 
     Returns the run tags: ``attention_backend``, ``compiled``, ``approximations``.
     """

@@ -337,7 +337,7 @@ def load_pipeline(preset: Preset, task: Literal["t2v", "i2v", "v2v"], options: L
 
     The last loaded model stays in memory: a second call with the same preset and options (only the prompt or seed
     changed) returns it without reloading (``from_cache=True``, ``load_seconds`` ~0). ``approximations`` (names
-    from :data:`wanflow.acceleration.APPROXIMATIONS`) change the weights or hooks, so a different set reloads.
+    from :data:`wanflow.spec.APPROXIMATION_NAMES`) change the weights or hooks, so a different set reloads.
 
     Raises:
         ModelNotFoundError, ModelLoadError: see :func:`find_model`; ModelLoadError also when diffusers cannot read
