@@ -107,3 +107,48 @@ def test_exact_render_is_tagged_and_vae_tiling_reaches_the_vae():
     assert loaded.acceleration == {"attention_backend": "native", "compiled": "false", "approximations": "none"}
     assert LoadOptions(device="cpu", vae_tiling=True).as_tags()["vae_tiling"] == "true"
     clear_cache()
+
+
+@pytest.mark.parametrize("structure_preset, card_gib, mode", [
+    ("ti2v-5b", 139.8, "none"),                                   # H200
+    ("ti2v-5b", 23.99, "t5-cpu"),                                 # RTX 4090: 22.1 GiB budget, 21.3 measured
+    ("ti2v-5b", 16.0, "model-offload+vae-tiling"),                # 14.6 GiB measured
+    ("ti2v-5b", 12.0, "group-offload+t5-cpu+vae-tiling"),         # nothing measured fits
+    ("t2v-a14b", 139.8, "none"),
+    ("t2v-a14b", 79.15, "t5-cpu"),                                # A100-80GB: 74.1 GiB does not fit 72.8
+    ("i2v-a14b", 39.4, "group-offload+t5-cpu+vae-tiling"),        # A100-40GB
+])
+def test_memory_plan_picks_the_fastest_measured_mode_that_fits(structure_preset, card_gib, mode):
+    from wanflow.loading import MEMORY_MODES, plan_memory
+
+    picked, why = plan_memory(get_preset(structure_preset), card_gib)
+    assert picked == mode and why.startswith(mode) and f"{card_gib:.1f} GiB" in why
+    assert picked in MEMORY_MODES
+
+
+def test_memory_plan_applies_only_when_the_user_chose_nothing(monkeypatch):
+    from wanflow import loading
+
+    class Card:
+        total_memory = 24 * 2**30
+
+    monkeypatch.setattr(loading.LoadOptions, "torch_device", lambda self: __import__("torch").device("cuda"))
+    monkeypatch.setattr(loading.torch.cuda, "get_device_properties", lambda device: Card())
+    real = get_preset("ti2v-5b")
+    planned, why = loading.resolve_memory(loading.LoadOptions(), real)
+    assert (planned.t5_cpu, planned.offload_model, planned.vae_tiling) == (True, False, False)
+    assert why.startswith("auto t5-cpu: measured peak 21.3 GiB")
+    chosen = loading.LoadOptions(offload_model=True)
+    assert loading.resolve_memory(chosen, real) == (chosen, "manual")
+    off = loading.LoadOptions(auto_memory=False)
+    assert loading.resolve_memory(off, real) == (off, "manual")
+    tiny = loading.LoadOptions()
+    assert loading.resolve_memory(tiny, get_preset("tiny-ti2v")) == (tiny, "not needed")
+
+
+def test_a_cpu_render_records_that_no_memory_plan_was_needed(store, tmp_path):
+    result = wanflow.render(RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=2), options=LoadOptions(device="cpu"),
+                            tracking_uri=store, out_dir=tmp_path / "r", progress=False)
+    assert result.memory_plan == "not needed"
+    run = __import__("mlflow").MlflowClient(store).get_run(result.run_id)
+    assert run.data.tags["memory_plan"] == "not needed"

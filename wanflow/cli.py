@@ -126,7 +126,8 @@ def _render(args: argparse.Namespace) -> int:
     options = LoadOptions(
         device=args.device, dtype="bfloat16" if args.convert_model_dtype else args.dtype,
         offload_model=args.offload_model, t5_cpu=args.t5_cpu, group_offload=args.group_offload,
-        vae_tiling=args.vae_tiling, fast={"auto": None, "on": True, "off": False}[args.fast], model_dir=args.model_dir,
+        vae_tiling=args.vae_tiling, fast={"auto": None, "on": True, "off": False}[args.fast],
+        auto_memory=not args.no_auto_memory, model_dir=args.model_dir,
     )
     result = render(spec, options=options, out_dir=args.out, tracking_uri=args.tracking_uri,
                     log=not args.no_log, progress=not args.quiet and sys.stderr.isatty())
@@ -140,6 +141,9 @@ def _render(args: argparse.Namespace) -> int:
         print(f"video:  {result.video}")
         print(f"seed:   {result.seed}   spec_id: {spec.spec_id}   {spec.num_frames} frames "
               f"{spec.width}x{spec.height} @ {spec.fps} fps   {total:.1f} s")
+        if result.memory_plan.startswith("auto"):
+            print(f"memory: {result.memory_plan} (choose yourself with --offload-model, --t5-cpu, --group-offload, "
+                  "--vae-tiling)")
         if result.frames_match is not None:
             verdict = "bit-identical to" if result.frames_match else "DIFFERENT from"
             print(f"re-render: frames {verdict} run {result.earlier_run_id} (same spec, device, dtype)")
@@ -304,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--group-offload", action="store_true",
                    help="stream the experts' blocks to the GPU (least GPU memory; not with --offload-model)")
     r.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (lower decode memory)")
+    r.add_argument("--no-auto-memory", action="store_true",
+                   help="keep everything on the GPU (default: with no memory flag, real models on a GPU get the "
+                        "fastest memory mode that fits the card, printed and tagged memory_plan)")
     r.add_argument("--fast", choices=["auto", "on", "off"], default="auto",
                    help="exact fast path: fastest attention kernel + compiled blocks (auto: real models on CUDA)")
     r.add_argument("--approximate", metavar="NAMES",

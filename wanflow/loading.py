@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -45,6 +45,9 @@ class LoadOptions:
         fast: the exact fast path of :mod:`wanflow.acceleration` (fastest exact attention backend, regional
             compilation). None = on for real presets on CUDA, off otherwise (tiny and micro models are too small
             to pay back a compile).
+        auto_memory: when none of the four memory flags above is set, a real preset on a CUDA GPU gets the
+            fastest memory mode whose measured peak fits the card (:func:`plan_memory`; the run's tag
+            ``memory_plan`` says which). False keeps everything on the GPU.
         model_dir: a local Diffusers-layout folder with the preset's weights (real presets).
     """
 
@@ -55,6 +58,7 @@ class LoadOptions:
     group_offload: bool = False
     vae_tiling: bool = False
     fast: bool | None = None
+    auto_memory: bool = True
     model_dir: str | None = None
 
     def torch_device(self) -> torch.device:
@@ -109,6 +113,56 @@ class LoadOptions:
         """
         if self.offload_model and self.group_offload:
             raise ValueError("group_offload: cannot be combined with offload_model; choose one offload scheme")
+
+
+#: Memory modes, fastest first, as the LoadOptions flags they set.
+MEMORY_MODES = {
+    "none": {},
+    "t5-cpu": {"t5_cpu": True},
+    "model-offload+vae-tiling": {"offload_model": True, "vae_tiling": True},
+    "group-offload+t5-cpu+vae-tiling": {"group_offload": True, "t5_cpu": True, "vae_tiling": True},
+}
+#: Peak GPU memory (GiB) of a whole render at the structure's official size, per memory mode: measured on one H200
+#: (``bench/run.py``, ``bench/memory.py``; BENCHMARKS.md), or derived from a measurement where the note says so.
+#: TI2V-5B 1280x704x121: all on the GPU 31.9 (measured); t5-cpu 21.3 (31.9 less the 10.6 GiB UMT5-XXL, which
+#: is resident at the decode peak); model offload + VAE tiling 14.6 (measured). A14B 1280x720x81: all on the GPU
+#: 74.1 (72.3 measured while denoising; decode adds 10.1 over the 64.0 GiB of weights, measured); t5-cpu 63.5
+#: (less the text encoder). Group offload is not measured (streams the experts: the least memory).
+MEASURED_PEAK_GIB = {
+    "ti2v-5b": {"none": 31.9, "t5-cpu": 21.3, "model-offload+vae-tiling": 14.6},
+    "t2v-a14b": {"none": 74.1, "t5-cpu": 63.5},
+    "i2v-a14b": {"none": 74.1, "t5-cpu": 63.5},
+}
+#: Share of the card a plan may fill: the rest is headroom for the CUDA context, the allocator's fragmentation
+#: and sizes a little off the measured ones.
+MEMORY_HEADROOM = 0.92
+
+
+def plan_memory(preset: Preset, card_gib: float) -> tuple[str, str]:
+    """The fastest memory mode of :data:`MEMORY_MODES` whose peak (:data:`MEASURED_PEAK_GIB`, at the preset's
+    official size) is at most :data:`MEMORY_HEADROOM` of ``card_gib`` (the GPU's total memory, GiB). When no
+    measured mode fits, the last mode (group offload, the least memory). Returns ``(mode, why)``; ``why`` is the
+    ``memory_plan`` run tag, e.g. ``model-offload+vae-tiling: measured peak 14.6 GiB <= 92% of 23.6 GiB``."""
+    budget = MEMORY_HEADROOM * card_gib
+    for mode, peak in MEASURED_PEAK_GIB.get(preset.structure, {}).items():
+        if peak <= budget:
+            return mode, f"{mode}: measured peak {peak:.1f} GiB <= {MEMORY_HEADROOM:.0%} of {card_gib:.1f} GiB"
+    mode = next(reversed(MEMORY_MODES))
+    return mode, f"{mode}: no measured mode fits {MEMORY_HEADROOM:.0%} of {card_gib:.1f} GiB"
+
+
+def resolve_memory(options: LoadOptions, preset: Preset) -> tuple[LoadOptions, str]:
+    """``options`` with :func:`plan_memory`'s flags when ``auto_memory`` applies (a real preset on CUDA, no memory
+    flag set), and the ``memory_plan`` tag: the plan, or ``manual`` / ``not needed`` (tiny, micro, CPU)."""
+    flags = (options.offload_model, options.t5_cpu, options.group_offload, options.vae_tiling)
+    if any(flags) or not options.auto_memory:
+        return options, "manual"
+    device = options.torch_device()
+    if device.type != "cuda" or preset.kind != "real":
+        return options, "not needed"
+    card = torch.cuda.get_device_properties(device).total_memory / 2**30
+    mode, why = plan_memory(preset, card)
+    return replace(options, **MEMORY_MODES[mode]), f"auto {why}"
 
 
 @dataclass(frozen=True)
@@ -350,6 +404,7 @@ def load_pipeline(preset: Preset, task: Literal["t2v", "i2v", "v2v"], options: L
 
     options = options or LoadOptions()
     options.check()
+    options, _ = resolve_memory(options, preset)
     device, dtype = options.torch_device(), options.torch_dtype()
     check_approximations(approximations, device)
     started = time.perf_counter()

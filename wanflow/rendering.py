@@ -29,7 +29,7 @@ from wanflow import __version__
 from wanflow.acceleration import check_approximations
 from wanflow.exceptions import DiskFullError, is_disk_full
 from wanflow.generate import Generation, StepEvent, generate
-from wanflow.loading import LoadOptions, find_model
+from wanflow.loading import LoadOptions, find_model, resolve_memory
 from wanflow.media import MediaFiles, check_writable, safe_name, write_outputs
 from wanflow.quality import frame_metrics
 from wanflow.spec import RenderSpec
@@ -58,6 +58,8 @@ class RenderResult:
     #: bit-identical (None when there is none, or when not logging).
     earlier_run_id: str | None = None
     frames_match: bool | None = None
+    #: How GPU memory was planned (the ``memory_plan`` tag): ``auto <mode>: ...``, ``manual`` or ``not needed``.
+    memory_plan: str = ""
 
     @property
     def video(self) -> Path:
@@ -99,7 +101,8 @@ def render(
 
     Args:
         spec: what to render (validated on construction).
-        options: device, dtype, memory options; automatic by default.
+        options: device, dtype, memory options; automatic by default (a real model on a GPU gets the fastest
+            memory mode that fits the card: :func:`wanflow.loading.plan_memory`, tag ``memory_plan``).
         out_dir: folder for ``video.mp4``, ``preview.gif``, ``contact_sheet.png``, ``spec.json``; default
             :func:`default_out_dir`.
         stage: ``draft`` (exploration) or ``final`` (replayed from a lock); a run tag.
@@ -127,8 +130,9 @@ def render(
     if stage not in STAGES:
         raise ValueError(f"stage: {stage!r} is not one of {', '.join(STAGES)}")
     options = options or LoadOptions()
-    option_tags = options.as_tags()  # raises on a bad device/dtype before any work
     options.check()
+    options, memory_plan = resolve_memory(options, spec.model)
+    option_tags = {**options.as_tags(), "memory_plan": memory_plan}  # raises on a bad device/dtype before any work
     check_approximations(spec.approximations, options.torch_device())
     find_model(spec.model, options.model_dir)  # raises ModelNotFoundError before a run exists
     folder = Path(out_dir) if out_dir is not None else default_out_dir(spec)
@@ -194,6 +198,7 @@ def _render_into(folder, spec, options, option_tags, stage, tags, tracking_uri, 
         run_id=run.run_id if run else None, tracking_uri=run.tracking_uri if run else None, generation=generation,
         earlier_run_id=earlier[0] if earlier else None,
         frames_match=(earlier[1] == generation.frames_sha256) if earlier else None,
+        memory_plan=option_tags["memory_plan"],
     )
 
 
