@@ -115,7 +115,9 @@ class LoadOptions:
             raise ValueError("group_offload: cannot be combined with offload_model; choose one offload scheme")
 
 
-#: Memory modes, fastest first, as the LoadOptions flags they set.
+#: Memory modes, as the LoadOptions flags they set, in the order :func:`plan_memory` tries them: the order of the
+#: GPU memory they keep, which is assumed to be the order of speed. Their time cost is not measured yet (the
+#: text encoder on a CPU adds its encode time; offload adds weight transfers): see BENCHMARKS.md.
 MEMORY_MODES = {
     "none": {},
     "t5-cpu": {"t5_cpu": True},
