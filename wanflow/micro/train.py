@@ -500,25 +500,74 @@ def save(pipes: dict, out: Path, seed: int, log_record: dict, dtype: torch.dtype
     return sizes
 
 
-def run(
-    cfg: TrainConfig, out: Path, seed: int, device: torch.device, budgets: dict | None = None, log=print,
-    vae_steps: dict[str, int] | None = None,
-) -> dict:
-    """All stages, end to end; returns the training record (also written into each folder's ``TRAINING.json``).
-    ``vae_steps`` overrides ``cfg.vae_steps`` per structure; ``budgets`` caps ``vae`` (each) and ``transformers``
-    wall seconds."""
-    budgets = budgets or {}
-    started = time.perf_counter()
-    record: dict = {"command": " ".join(["python -m wanflow.micro.train", *sys.argv[1:]]), "seed": seed,
-                    "config": asdict(cfg), "device": str(device), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
-    vaes = {}
-    for structure in ("ti2v-5b", "t2v-a14b"):
+#: The two VAE structures, in training order.
+STRUCTURES: tuple[str, ...] = ("ti2v-5b", "t2v-a14b")
+
+
+def _record(cfg: TrainConfig, seed: int, device: torch.device) -> dict:
+    return {"command": " ".join(["python -m wanflow.micro.train", *sys.argv[1:]]), "seed": seed,
+            "config": asdict(cfg), "device": str(device), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()}
+
+
+def train_vaes(
+    cfg: TrainConfig, seed: int, device: torch.device, structures=STRUCTURES, seconds: float | None = None,
+    vae_steps: dict[str, int] | None = None, out: Path | None = None, log=print,
+) -> tuple[dict, dict]:
+    """Stage 1 for each of ``structures``: :func:`train_vae` then :func:`measure_latent_stats`.
+
+    With ``out``, each VAE is also saved (float32, Diffusers layout) to ``out/vae-<structure>/`` with its log as
+    ``result.json``, which :func:`load_vaes` reads back: the VAE stage can run on its own (``--stage vae``, one
+    process per structure) and the transformer stage later (``--stage transformers --vaes DIR``).
+    Returns ``({structure: vae}, {"vae_<structure>": log})``."""
+    vaes, record = {}, {}
+    for structure in structures:
         vae_cfg = replace(cfg, vae_steps=vae_steps[structure]) if vae_steps else cfg
-        vae, result = train_vae(structure, vae_cfg, seed, device, budgets.get("vae"), log)
+        vae, result = train_vae(structure, vae_cfg, seed, device, seconds, log)
         result["latent_stats"] = measure_latent_stats(vae, cfg, seed, device)
         record[f"vae_{structure}"] = result
         vaes[structure] = vae
+        if out is not None:
+            folder = out / f"vae-{structure}"
+            vae.save_pretrained(folder, safe_serialization=True)
+            (folder / "result.json").write_text(json.dumps({**_record(vae_cfg, seed, device), **result}, indent=2) + "\n")
+    return vaes, record
+
+
+def load_vaes(folder: Path, device: torch.device) -> tuple[dict, dict]:
+    """The VAEs a ``--stage vae`` run saved under ``folder`` (``vae-<structure>/``), with their logs.
+
+    Raises:
+        FileNotFoundError: ``folder`` lacks ``vae-<structure>/`` for one of :data:`STRUCTURES`."""
+    from diffusers import AutoencoderKLWan
+
+    vaes, record = {}, {}
+    for structure in STRUCTURES:
+        path = Path(folder) / f"vae-{structure}"
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"--vaes: {path} has no trained VAE (run --stage vae first)")
+        vaes[structure] = AutoencoderKLWan.from_pretrained(path).to(device).eval()
+        result = json.loads((path / "result.json").read_text())
+        record[f"vae_{structure}"] = {k: result[k] for k in ("steps", "seconds", "final_rec_loss", "psnr_db",
+                                                             "parameters", "latent_stats", "config") if k in result}
+    return vaes, record
+
+
+def run(
+    cfg: TrainConfig, out: Path, seed: int, device: torch.device, budgets: dict | None = None, log=print,
+    vae_steps: dict[str, int] | None = None, vaes_from: Path | None = None,
+) -> dict:
+    """All stages, end to end; returns the training record (also written into each folder's ``TRAINING.json``).
+    ``vae_steps`` overrides ``cfg.vae_steps`` per structure; ``budgets`` caps ``vae`` (each) and ``transformers``
+    wall seconds; ``vaes_from`` skips stage 1 and uses the VAEs a ``--stage vae`` run saved there."""
+    budgets = budgets or {}
+    started = time.perf_counter()
+    record = _record(cfg, seed, device)
+    if vaes_from is not None:
+        vaes, vae_record = load_vaes(vaes_from, device)
+    else:
+        vaes, vae_record = train_vaes(cfg, seed, device, STRUCTURES, budgets.get("vae"), vae_steps, log=log)
+    record.update(vae_record)
 
     t0 = time.perf_counter()
     clips = ClipStream(seed + 404).take(cfg.num_clips)
@@ -558,9 +607,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-clips", type=int, help="encoded clips the transformers train on")
     parser.add_argument("--vae-seconds", type=float, help="stop each VAE stage by this wall time (budgeted runs)")
     parser.add_argument("--transformer-seconds", type=float, help="stop the transformer stage by this wall time")
+    parser.add_argument("--stage", choices=("all", "vae", "transformers"), default="all",
+                        help="all (default); vae: train the VAEs only and save them to --out/vae-<structure>/; "
+                             "transformers: stages 2-3 on the VAEs in --vaes")
+    parser.add_argument("--structure", choices=STRUCTURES, action="append",
+                        help="with --stage vae: train only this VAE (repeatable; default both)")
+    parser.add_argument("--vaes", type=Path, help="with --stage transformers: folder a --stage vae run wrote")
+    parser.add_argument("--vae-lr", type=float, help=f"VAE learning rate (default {FULL.vae_lr:g})")
+    parser.add_argument("--vae-batch", type=int, help=f"VAE clips per step (default {FULL.vae_batch})")
     args = parser.parse_args(argv)
+    if args.stage == "transformers" and args.vaes is None:
+        parser.error("--stage transformers needs --vaes DIR (the --out of a --stage vae run)")
+    if args.stage != "transformers" and args.vaes is not None:
+        parser.error("--vaes is only read by --stage transformers")
 
     cfg = SMOKE if args.smoke else FULL
+    if args.vae_lr:
+        cfg = replace(cfg, vae_lr=args.vae_lr)
+    if args.vae_batch:
+        cfg = replace(cfg, vae_batch=args.vae_batch)
     if args.transformer_steps:
         cfg = replace(cfg, transformer_steps=args.transformer_steps)
     if args.num_clips:
@@ -580,7 +645,11 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     steps = None if vae_steps is None else {"ti2v-5b": vae_steps[0], "t2v-a14b": vae_steps[1]}
-    run(cfg, args.out, args.seed, device, budgets, log, vae_steps=steps)
+    if args.stage == "vae":
+        train_vaes(cfg, args.seed, device, tuple(args.structure or STRUCTURES), args.vae_seconds, steps,
+                   out=args.out, log=log)
+        return 0
+    run(cfg, args.out, args.seed, device, budgets, log, vae_steps=steps, vaes_from=args.vaes)
     return 0
 
 
