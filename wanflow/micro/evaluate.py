@@ -8,6 +8,10 @@ For ``micro-a14b`` it also renders the same prompts and seeds with one expert al
 (``transformer`` only = high-noise expert everywhere, ``transformer_2`` only), which is what "two experts pay"
 is measured against. Prompts are :data:`wanflow.micro.data.HELDOUT_PROMPTS`: combinations no training clip has.
 
+``--transfer`` measures what a final keeps of its draft (:func:`transfer`): drafts on ``micro-ti2v``, then
+``draft-v2v`` and ``fresh`` finals on ``micro-a14b``, through the same :func:`wanflow.generate.generate` calls a
+replay makes.
+
 Renders are batched: one pipeline call renders every prompt of a seed with a list of CPU generators, each seeded
 with that seed, so each video gets the same noise as a single :func:`wanflow.generate.generate` render of it.
 """
@@ -144,6 +148,78 @@ def evaluate_all(device: str = "cpu", seeds=(0, 1, 2, 3), weights: str | None = 
     return results
 
 
+#: Two starting positions closer than this (Euclidean, fractions of the frame) count as the same: half the smallest
+#: object radius (``SIZE_RANGE[0]``, 0.12 of the shorter side) at the micro square frames.
+START_TOLERANCE = 0.06
+
+
+def _kept(final, draft) -> dict[str, bool]:
+    """Does ``final`` (a :class:`wanflow.quality.Detection`) keep ``draft``'s object colour, motion and start?"""
+    same_start = (final.start is not None and draft.start is not None
+                  and float(np.hypot(final.start[0] - draft.start[0], final.start[1] - draft.start[1])) < START_TOLERANCE)
+    result = {"colour": final.object_colour == draft.object_colour, "motion": final.direction == draft.direction,
+              "start": bool(same_start)}
+    result["all"] = all(result.values())
+    return result
+
+
+def transfer(device: str = "cpu", seeds=(0, 1, 2, 3), prompts: list[str] | None = None, strength: float | None = None,
+             weights: str | None = None, log=print) -> dict:
+    """What finals keep of their drafts: for each prompt and seed a ``micro-ti2v`` draft, then on ``micro-a14b`` a
+    ``draft-v2v`` final (the draft's mp4 re-noised to ``strength``, default
+    :data:`wanflow.transfer.DEFAULT_STRENGTH`) and a ``fresh`` final (same prompt, its own seed ``seed + 1000``).
+
+    Returns, for ``draft-v2v`` and ``fresh``, the fraction (0..1) of finals whose detected object colour, motion and
+    start (within :data:`START_TOLERANCE`) match the draft's, and ``all`` three; plus ``start_chance``: how often
+    the start of a draft matches the start of a draft of another prompt-seed pair with the same detected motion
+    (what "chance level" means for the start), and ``drafts_with_object``.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from wanflow.generate import generate
+    from wanflow.loading import LoadOptions
+    from wanflow.media import write_video
+    from wanflow.spec import RenderSpec
+    from wanflow.transfer import DEFAULT_STRENGTH
+
+    prompts = list(HELDOUT_PROMPTS if prompts is None else prompts)
+    strength = DEFAULT_STRENGTH if strength is None else strength
+    options = {name: LoadOptions(device=device, dtype="float32", model_dir=f"{weights}/{name}" if weights else None)
+               for name in ("micro-ti2v", "micro-a14b")}
+    started = time.perf_counter()
+    rows: dict[str, list[dict]] = {"draft-v2v": [], "fresh": []}
+    drafts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            for i, prompt in enumerate(prompts):
+                draft = generate(RenderSpec(preset="micro-ti2v", prompt=prompt, seed=seed), options["micro-ti2v"],
+                                 progress=False)
+                found = detect(draft.frames)
+                if found.start is None:  # nothing to keep: counted in drafts_with_object, not in the rates
+                    continue
+                drafts.append(found)
+                path = write_video(draft.frames, Path(tmp) / f"draft-{seed}-{i}.mp4", get_preset("micro-ti2v").fps)
+                finals = {
+                    "draft-v2v": RenderSpec(preset="micro-a14b", prompt=prompt, seed=seed, video=str(path),
+                                            strength=strength),
+                    "fresh": RenderSpec(preset="micro-a14b", prompt=prompt, seed=seed + 1000),
+                }
+                for mode, spec in finals.items():
+                    final = generate(spec, options["micro-a14b"], progress=False)
+                    rows[mode].append(_kept(detect(final.frames), found))
+            log(f"[transfer] seed {seed}: {len(drafts)} drafts so far, {time.perf_counter() - started:.0f}s")
+    pairs = [(a, b) for i, a in enumerate(drafts) for b in drafts[i + 1:] if a.direction == b.direction]
+    keys = ("colour", "motion", "start", "all")
+    result = {mode: {k: round(float(np.mean([r[k] for r in rs])), 4) if rs else None for k in keys} | {"n": len(rs)}
+              for mode, rs in rows.items()}
+    result["start_chance"] = round(float(np.mean([_kept(a, b)["start"] for a, b in pairs])), 4) if pairs else None
+    result["drafts_with_object"] = f"{len(drafts)}/{len(prompts) * len(seeds)}"
+    result["strength"] = strength
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
 #: Settings tried by :func:`grid` (steps fixed at the preset's).
 GRID = {
     "micro-ti2v": [Settings(flow_shift=f, guidance_scale=g) for f in (1.0, 3.0, 5.0) for g in (1.0, 3.0, 5.0)],
@@ -174,9 +250,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="videos per pipeline call")
     parser.add_argument("--no-experts", action="store_true", help="skip micro-a14b's single-expert runs")
     parser.add_argument("--grid", action="store_true", help="try the settings in GRID instead (chooses presets)")
+    parser.add_argument("--transfer", action="store_true",
+                        help="measure what draft-v2v and fresh finals on micro-a14b keep of micro-ti2v drafts")
+    parser.add_argument("--strength", type=float, help="draft-v2v strength for --transfer (default: the kit's)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
+    if args.transfer:
+        results = transfer(args.device, tuple(args.seeds), strength=args.strength, weights=args.weights)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(results, fh, indent=2)
+        print(json.dumps(results, indent=2))
+        return 0
     if args.grid:
         results = grid(args.device, tuple(args.seeds), args.weights, args.batch)
         if args.json:
