@@ -354,8 +354,10 @@ def train_transformers(
     device: torch.device,
     seconds: float | None = None,
     log=print,
+    init: dict[str, torch.nn.Module] | None = None,
 ) -> tuple[dict[str, torch.nn.Module], dict]:
     """Stages 2 and 3: train the text encoder and the three transformers jointly (one optimiser, one summed loss).
+    ``init`` (from :func:`load_models`) continues from trained weights instead of random ones (a fresh optimiser).
 
     Args:
         lat_ti2v: (N, 48, f, h, w) normalised latents of the clips under the micro-ti2v VAE.
@@ -374,14 +376,18 @@ def train_transformers(
     ids_table, mask_table = tok.input_ids.to(device), tok.attention_mask.to(device)
     empty = len(captions)
 
-    heads, head_dim, layers, ffn = cfg.ti2v_transformer
-    models = {
-        "text_encoder": text.build_text_encoder(len(tokenizer), cfg.text_dim, cfg.text_layers, cfg.text_heads),
-        "ti2v": tiny.build_transformer("ti2v-5b", cfg.text_dim, heads, head_dim, layers, ffn, freq_dim=cfg.freq_dim),
-    }
-    heads, head_dim, layers, ffn = cfg.a14b_transformer
-    for name in ("a14b_high", "a14b_low"):
-        models[name] = tiny.build_transformer("t2v-a14b", cfg.text_dim, heads, head_dim, layers, ffn, freq_dim=cfg.freq_dim)
+    if init is not None:
+        models = dict(init)
+    else:
+        heads, head_dim, layers, ffn = cfg.ti2v_transformer
+        models = {
+            "text_encoder": text.build_text_encoder(len(tokenizer), cfg.text_dim, cfg.text_layers, cfg.text_heads),
+            "ti2v": tiny.build_transformer("ti2v-5b", cfg.text_dim, heads, head_dim, layers, ffn, freq_dim=cfg.freq_dim),
+        }
+        heads, head_dim, layers, ffn = cfg.a14b_transformer
+        for name in ("a14b_high", "a14b_low"):
+            models[name] = tiny.build_transformer("t2v-a14b", cfg.text_dim, heads, head_dim, layers, ffn,
+                                                  freq_dim=cfg.freq_dim)
     params = []
     for m in models.values():
         m.to(device).train()
@@ -575,9 +581,32 @@ def load_vaes(folder: Path, device: torch.device) -> tuple[dict, dict]:
     return vaes, record
 
 
+def load_models(folder: Path) -> tuple[dict[str, torch.nn.Module], dict]:
+    """The text encoder and transformers of saved micro models (``folder/micro-ti2v``, ``folder/micro-a14b``, as
+    :func:`save` writes them), float32, to continue training (``--init``); and the ``TRAINING.json`` they carry.
+
+    Raises:
+        FileNotFoundError: ``folder`` lacks one of the two model folders."""
+    from diffusers import WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    folder = Path(folder)
+    for name in ("micro-ti2v", "micro-a14b"):
+        if not (folder / name / "model_index.json").is_file():
+            raise FileNotFoundError(f"--init: {folder / name} is not a saved micro model")
+    load = lambda sub: WanTransformer3DModel.from_pretrained(folder / sub).float()  # noqa: E731
+    models = {
+        "text_encoder": UMT5EncoderModel.from_pretrained(folder / "micro-ti2v" / "text_encoder").float(),
+        "ti2v": load("micro-ti2v/transformer"),
+        "a14b_high": load("micro-a14b/transformer"),
+        "a14b_low": load("micro-a14b/transformer_2"),
+    }
+    return models, json.loads((folder / "micro-ti2v" / "TRAINING.json").read_text())
+
+
 def run(
     cfg: TrainConfig, out: Path, seed: int, device: torch.device, budgets: dict | None = None, log=print,
-    vae_steps: dict[str, int] | None = None, vaes_from: Path | None = None,
+    vae_steps: dict[str, int] | None = None, vaes_from: Path | None = None, init_from: Path | None = None,
 ) -> dict:
     """All stages, end to end; returns the training record (also written into each folder's ``TRAINING.json``).
     ``vae_steps`` overrides ``cfg.vae_steps`` per structure; ``budgets`` caps ``vae`` (each) and ``transformers``
@@ -601,8 +630,11 @@ def run(
     log(f"[encode] {cfg.num_clips} clips, {len(captions)} captions, {record['encode_seconds']}s, "
         f"ti2v {tuple(lat_ti2v.shape)} a14b {tuple(lat_a14b.shape)}")
 
+    init = None
+    if init_from is not None:
+        init, record["continues"] = load_models(init_from)
     models, result = train_transformers(lat_ti2v, lat_a14b, caption_index, captions, cfg, seed, device,
-                                        budgets.get("transformers"), log)
+                                        budgets.get("transformers"), log, init=init)
     record["transformers"] = result
     record["wall_seconds"] = round(time.perf_counter() - started, 1)
     record["reproduce"] = (f"python -m wanflow.micro.train --seed {seed} --vae-steps "
@@ -635,6 +667,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--structure", choices=STRUCTURES, action="append",
                         help="with --stage vae: train only this VAE (repeatable; default both)")
     parser.add_argument("--vaes", type=Path, help="with --stage transformers: folder a --stage vae run wrote")
+    parser.add_argument("--init", type=Path,
+                        help="with --stage transformers: continue from the models saved in this folder "
+                             "(micro-ti2v/, micro-a14b/), with a fresh optimiser")
+    parser.add_argument("--lr", type=float, help=f"transformer peak learning rate (default {FULL.lr:g})")
     parser.add_argument("--vae-lr", type=float, help=f"VAE learning rate (default {FULL.vae_lr:g})")
     parser.add_argument("--vae-batch", type=int, help=f"VAE clips per step (default {FULL.vae_batch})")
     args = parser.parse_args(argv)
@@ -644,6 +680,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--vaes is only read by --stage transformers")
 
     cfg = SMOKE if args.smoke else FULL
+    if args.init is not None and args.stage != "transformers":
+        parser.error("--init is only read by --stage transformers")
+    if args.lr:
+        cfg = replace(cfg, lr=args.lr)
     if args.vae_lr:
         cfg = replace(cfg, vae_lr=args.vae_lr)
     if args.vae_batch:
@@ -671,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         train_vaes(cfg, args.seed, device, tuple(args.structure or STRUCTURES), args.vae_seconds, steps,
                    out=args.out, log=log)
         return 0
-    run(cfg, args.out, args.seed, device, budgets, log, vae_steps=steps, vaes_from=args.vaes)
+    run(cfg, args.out, args.seed, device, budgets, log, vae_steps=steps, vaes_from=args.vaes, init_from=args.init)
     return 0
 
 
