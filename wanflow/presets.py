@@ -152,8 +152,8 @@ _PRESETS: list[Preset] = [
         num_frames=9, fps=16, sizes=((64, 64),),
     ),
     # Micro: trained by wanflow on procedural clips (wanflow.micro.train), shipped in wanflow/micro/weights.
-    # Settings: a grid of flow_shift x guidance on the held-out prompts (python -m wanflow.micro.evaluate --grid)
-    # found no clear winner on the first weights; retune when better weights ship (README "Micro models").
+    # Settings: the best of a grid of flow_shift x guidance on the held-out prompts, seeds 0-1
+    # (python -m wanflow.micro.evaluate --grid; micro-v2 numbers in wanflow/micro/weights/TRAINING.md).
     Preset(
         name="micro-ti2v", kind="micro", **_TI2V,
         description="micro model in the TI2V-5B structure, trained on procedural clips; renders in seconds on a CPU",
@@ -163,7 +163,7 @@ _PRESETS: list[Preset] = [
     Preset(
         name="micro-a14b", kind="micro", **_T2V_A14B,
         description="micro model in the T2V-A14B structure (two experts), trained on procedural clips",
-        num_inference_steps=20, flow_shift=3.0, guidance_scale=4.0, guidance_scale_2=3.0,
+        num_inference_steps=20, flow_shift=5.0, guidance_scale=3.0, guidance_scale_2=3.0,
         num_frames=17, fps=8, sizes=((128, 128),), negative_prompt="",
     ),
 ]
@@ -171,7 +171,7 @@ _PRESETS: list[Preset] = [
 PRESETS: dict[str, Preset] = {p.name: p for p in _PRESETS}
 
 #: The embedded default model: what ``wanflow render`` uses when ``--model`` is not given.
-DEFAULT_PRESET = "tiny-ti2v"
+DEFAULT_PRESET = "micro-ti2v"
 
 
 class UnknownPresetError(ValueError):

@@ -60,7 +60,7 @@ from wanflow.micro.vocabulary import COLOURS, SHAPES
 #: Where the shipped weights live (one Diffusers folder per micro preset).
 WEIGHTS = Path(__file__).parent / "weights"
 #: Version string written to each folder's VERSION file (the loader records it as the model revision).
-FORMAT = "micro-v1"
+FORMAT = "micro-v2"
 
 
 @dataclass(frozen=True)
