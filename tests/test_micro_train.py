@@ -46,3 +46,41 @@ def test_every_stage_two_steps_and_load(tmp_path):
         assert (pipe.transformer_2 is not None) == (name == "micro-a14b")
         assert pipe.config.expand_timesteps == (name == "micro-ti2v")
     clear_cache()
+
+
+def test_stages_run_apart_and_continue(tmp_path):
+    """--stage vae, then --stage transformers --vaes (the split the device calls use), then --init continues from
+    the saved models: each a two-step smoke through the CLI, the last one starting from the second one's weights."""
+    vaes, first, second = tmp_path / "v", tmp_path / "t1", tmp_path / "t2"
+    for structure in train.STRUCTURES:
+        assert train.main(["--smoke", "--device", "cpu", "--stage", "vae", "--structure", structure,
+                           "--out", str(vaes)]) == 0
+    saved = json.loads((vaes / "vae-ti2v-5b" / "result.json").read_text())
+    assert saved["steps"] == 2 and saved["config"]["vae_steps"] == 2 and saved["psnr_db"] > 0
+    assert train.main(["--smoke", "--device", "cpu", "--stage", "transformers", "--vaes", str(vaes),
+                       "--out", str(first)]) == 0
+    assert train.main(["--smoke", "--device", "cpu", "--stage", "transformers", "--vaes", str(vaes),
+                       "--init", str(first), "--seed", "1", "--lr", "1e-4", "--out", str(second)]) == 0
+    record = json.loads((second / "micro-a14b" / "TRAINING.json").read_text())
+    assert record["continues"]["seed"] == 0 and record["config"]["lr"] == 1e-4
+    assert "--init" in record["reproduce"] and "--vaes" in record["reproduce"]
+    # the VAEs travel unchanged from stage 1 into both saved models
+    from safetensors.torch import load_file
+    stage1 = load_file(vaes / "vae-t2v-a14b" / "diffusion_pytorch_model.safetensors")
+    final = load_file(second / "micro-a14b" / "vae" / "diffusion_pytorch_model.safetensors")
+    name = next(iter(stage1))
+    assert torch.allclose(stage1[name].half(), final[name])
+    # the continued transformers start from the first run's weights, not from random ones
+    start = load_file(first / "micro-ti2v" / "transformer" / "diffusion_pytorch_model.safetensors")
+    end = load_file(second / "micro-ti2v" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert max(float((start[k].float() - end[k].float()).abs().max()) for k in start) < 0.05
+
+
+def test_stage_arguments_are_checked():
+    for argv in (["--stage", "transformers"], ["--stage", "vae", "--vaes", "x"], ["--stage", "all", "--init", "x"]):
+        try:
+            train.main(["--smoke", *argv])
+        except SystemExit as exit_:
+            assert exit_.code == 2
+        else:
+            raise AssertionError(f"{argv} was accepted")

@@ -637,9 +637,13 @@ def run(
                                         budgets.get("transformers"), log, init=init)
     record["transformers"] = result
     record["wall_seconds"] = round(time.perf_counter() - started, 1)
-    record["reproduce"] = (f"python -m wanflow.micro.train --seed {seed} --vae-steps "
-                           f"{record['vae_ti2v-5b']['steps']},{record['vae_t2v-a14b']['steps']} "
-                           f"--transformer-steps {result['steps']}")
+    if vaes_from is None:
+        stages = (f"--vae-steps {record['vae_ti2v-5b']['steps']},{record['vae_t2v-a14b']['steps']} "
+                  f"--vae-lr {cfg.vae_lr:g} --vae-batch {cfg.vae_batch}")
+    else:  # the VAE stage ran separately: its own command is in vae_<structure>.config / result.json
+        stages = f"--stage transformers --vaes {vaes_from}" + (f" --init {init_from}" if init_from else "")
+    record["reproduce"] = (f"python -m wanflow.micro.train --seed {seed} {stages} --lr {cfg.lr:g} "
+                           f"--num-clips {cfg.num_clips} --transformer-steps {result['steps']}")
     sizes = save(assemble(models, vaes, cfg), out, seed, record)
     record["bytes"] = sizes
     log(f"[save] {out}: {sizes}; wall {record['wall_seconds']}s")
