@@ -18,6 +18,7 @@ import re
 import secrets
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -293,14 +294,23 @@ def write_outputs(frames: np.ndarray, out_dir: Path, spec_json: str, fps: int) -
         sheet = stack.enter_context(atomic_path(files.contact_sheet))
         preview = stack.enter_context(atomic_path(files.preview))
         spec = stack.enter_context(atomic_path(files.spec))
-        with disk_full_names(files.spec):
-            spec.write_text(json.dumps(json.loads(spec_json), indent=2, ensure_ascii=False), encoding="utf-8")
-        with disk_full_names(files.preview):
-            _save_preview_gif(frames, preview, fps)
-        with disk_full_names(files.contact_sheet):
-            _save_contact_sheet(frames, sheet)
-        with disk_full_names(files.video):
-            _encode_h264(frames, video, fps, metadata={"comment": spec_json, "title": "wanflow render"})
+        # ffmpeg encodes (in its own process, fed by a thread) while this thread draws the gif and the sheet: the
+        # mp4 is most of the kit's overhead on a render (bench/overhead.py), and the two overlap on any multi-core
+        # host. Whatever happens here, the encode is waited for before the temporary files are cleaned up.
+        with ThreadPoolExecutor(1, thread_name_prefix="wanflow-mp4") as pool:
+            encoding = pool.submit(_encode_h264, frames, video, fps,
+                                   {"comment": spec_json, "title": "wanflow render"})
+            try:
+                with disk_full_names(files.spec):
+                    spec.write_text(json.dumps(json.loads(spec_json), indent=2, ensure_ascii=False), encoding="utf-8")
+                with disk_full_names(files.preview):
+                    _save_preview_gif(frames, preview, fps)
+                with disk_full_names(files.contact_sheet):
+                    _save_contact_sheet(frames, sheet)
+            finally:
+                wait([encoding])
+            with disk_full_names(files.video):
+                encoding.result()
     return files
 
 
