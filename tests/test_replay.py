@@ -205,3 +205,31 @@ def test_skypilot_task_parses_offline():
         python = sys.executable
     out = subprocess.run([python, "-c", SKY_PARSE, str(TASK)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "parsed" in out.stdout, out.stdout + out.stderr
+
+def test_micro_workflow_draft_lock_replay_keeps_the_draft(tmp_path):
+    """The whole working pattern on the embedded models, with the content checked from the frames: a micro-ti2v
+    draft of the README's prompt, locked, replayed through papermill as a draft-v2v final on micro-a14b. The final
+    keeps the draft's object colour, background, motion and starting position (the draft's frames are its input)."""
+    from wanflow.media import probe_video
+    from wanflow.quality import detect
+
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    prompt = "a red circle moving left on a blue background"
+    draft = wanflow.render(RenderSpec(preset="micro-ti2v", prompt=prompt, seed=0), out_dir=tmp_path / "draft",
+                           tracking_uri=store, progress=False)
+    lock(draft.run_id, "hero", store)
+    summary = replay(["hero"], final_preset="micro-a14b", mode="draft-v2v", seed=5, tracking_uri=store,
+                     out_dir=tmp_path / "finals", report=lambda line: None)
+    (outcome,) = summary.outcomes
+    assert outcome.status == "rendered", outcome.message
+    run = MlflowClient(store).get_run(outcome.run_id)
+    assert run.data.tags["transfer"] == "draft-v2v" and run.data.tags["draft_run_id"] == draft.run_id
+    # strength 0.5 runs the last 10 of 20 steps; with flow_shift 5 they start at t = 1000 * 5 * 0.5 / (1 + 4 * 0.5)
+    # = 833, below the 875 boundary, so the low-noise expert alone refines the draft
+    assert (run.data.metrics["steps_transformer"], run.data.metrics["steps_transformer_2"]) == (0, 10)
+    assert run.data.metrics["adherence"] == 1.0  # logged by the final render itself
+    final = detect(probe_video(Path(run.data.tags["out_dir"]) / "video.mp4")["frames"])
+    before = detect(draft.frames)
+    assert (before.object_colour, before.background, before.direction) == ("red", "blue", "left")
+    assert (final.object_colour, final.background, final.direction) == ("red", "blue", "left")
+    assert abs(final.start[0] - before.start[0]) < 0.06 and abs(final.start[1] - before.start[1]) < 0.06
