@@ -1,6 +1,12 @@
 """Train the micro models (``micro-ti2v``, ``micro-a14b``) on the procedural clips and save them in Diffusers layout.
 
-    python -m wanflow.micro.train --device cuda --out wanflow/micro/weights --seed 0
+    python -m wanflow.micro.train --device cuda --out wanflow/micro/weights --seed 0      # every stage, one process
+    python -m wanflow.micro.train --stage vae --structure ti2v-5b --out runs/vae         # or stage by stage:
+    python -m wanflow.micro.train --stage transformers --vaes runs/vae --out runs/t1      # (each saves what the
+    python -m wanflow.micro.train --stage transformers --vaes runs/vae --init runs/t1 ... # next one reads)
+
+The shipped micro-v2 weights were made stage by stage (device calls are capped at 10 minutes); the exact commands
+and step counts are in ``wanflow/micro/weights/TRAINING.md``.
 
 Stages, each a function below (the two-step CPU smoke of every stage is ``tests/test_micro_train.py``):
 
