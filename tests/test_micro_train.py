@@ -84,3 +84,15 @@ def test_stage_arguments_are_checked():
             assert exit_.code == 2
         else:
             raise AssertionError(f"{argv} was accepted")
+
+
+def test_budget_plans_the_total_from_timed_steps(monkeypatch):
+    """A budgeted stage times steps 10..60 and keeps only the steps that fit: created at 0 s, step 10 at 1 s, step 60
+    at 6 s (0.1 s a step) and a 21 s budget leave 20 s for 200 steps after step 10, so 210 in all."""
+    ticks = [0.0, 1.0, 6.0]
+    monkeypatch.setattr(train.time, "perf_counter", lambda: ticks.pop(0) if ticks else 100.0)
+    budget = train._Budget(21.0, torch.device("cpu"), "x", log=lambda *_: None)
+    assert budget.plan(5, 1000) == 1000 and budget.plan(10, 1000) == 1000
+    assert budget.plan(60, 1000) == 210
+    assert train._Budget(None, torch.device("cpu"), "x").plan(60, 1000) == 1000
+    assert train._Budget(1e9, torch.device("cpu"), "x").plan(70, 1000) == 1000  # only step 60 plans

@@ -212,12 +212,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _plan_steps(requested: int, seconds: float, started: float, warm: float, step: int) -> tuple[int, float]:
-    """Steps to run so the stage ends within ``seconds`` of ``started``, from the time per step measured since
-    ``warm`` (the clock at step :data:`_PLAN_FROM`; now is step ``step``): ``(steps, seconds per step)``."""
-    per_step = (time.perf_counter() - warm) / max(1, step - _PLAN_FROM)
-    fit = _PLAN_FROM + int((seconds - (warm - started)) / per_step)
-    return max(step, min(requested, fit)), per_step
+class _Budget:
+    """A stage's wall-time budget (``seconds``, None: none): :meth:`plan` times the steps from :data:`_PLAN_FROM` to
+    :data:`_PLAN_AT` and then cuts the stage's total so that it ends within ``seconds`` of this object's creation."""
+
+    def __init__(self, seconds: float | None, device: torch.device, name: str, log=print):
+        self.seconds, self.device, self.name, self.log = seconds, device, name, log
+        self.started = time.perf_counter()
+        self.warm = self.started
+
+    def plan(self, step: int, total: int) -> int:
+        """The stage's total after ``step`` steps have run (``total`` unchanged except at :data:`_PLAN_AT`)."""
+        if self.seconds is None or step not in (_PLAN_FROM, _PLAN_AT):
+            return total
+        _sync(self.device)
+        if step == _PLAN_FROM:
+            self.warm = time.perf_counter()
+            return total
+        per_step = (time.perf_counter() - self.warm) / (_PLAN_AT - _PLAN_FROM)
+        fit = _PLAN_FROM + int((self.seconds - (self.warm - self.started)) / per_step)
+        total = max(step, min(total, fit))
+        self.log(f"[{self.name}] planned {total} steps ({per_step:.3f} s/step)")
+        return total
 
 
 def train_vae(
@@ -236,6 +252,7 @@ def train_vae(
     stream = ClipStream(seed + 101)
     total = cfg.vae_steps
     started = time.perf_counter()
+    budget = _Budget(seconds, device, f"vae {structure}", log)
     losses: list[float] = []
     step = 0
     while step < total:
@@ -267,13 +284,7 @@ def train_vae(
         opt.step()
         losses.append(rec.detach())  # read back only when logging: no host sync per step
         step += 1
-        if step == _PLAN_FROM and seconds is not None:
-            _sync(device)
-            warm = time.perf_counter()
-        if step == _PLAN_AT and seconds is not None:
-            _sync(device)
-            total, per_step = _plan_steps(total, seconds, started, warm, step)
-            log(f"[vae {structure}] planned {total} steps ({per_step:.3f} s/step)")
+        total = budget.plan(step, total)
         if step % 100 == 0 or step == total:
             log(f"[vae {structure}] step {step}/{total} rec {float(torch.stack(losses[-50:]).mean()):.4f} "
                 f"kl {kl.item():.2f} {time.perf_counter() - started:.0f}s")
@@ -408,6 +419,7 @@ def train_transformers(
     boundary = cfg.boundary_ratio
     total = cfg.transformer_steps
     started = time.perf_counter()
+    budget = _Budget(seconds, device, "transformers", log)
     names = ("ti2v", "a14b_high", "a14b_low")
     history: list[torch.Tensor] = []  # per step, the three losses, left on the device: no host sync in the loop
     step = 0
@@ -460,13 +472,7 @@ def train_transformers(
             _ema_update(ema, params, min(cfg.ema, (1 + step) / (10 + step)))
         history.append(torch.stack([loss_ti2v, losses["a14b_high"], losses["a14b_low"]]).detach())
         step += 1
-        if step == _PLAN_FROM and seconds is not None:
-            _sync(device)
-            warm = time.perf_counter()
-        if step == _PLAN_AT and seconds is not None:
-            _sync(device)
-            total, per_step = _plan_steps(total, seconds, started, warm, step)
-            log(f"[transformers] planned {total} steps ({per_step:.3f} s/step)")
+        total = budget.plan(step, total)
         if step % 250 == 0 or step == total:
             log(f"[transformers] step {step}/{total} " + " ".join(
                 f"{k} {v:.4f}" for k, v in recent().items()) + f" {time.perf_counter() - started:.0f}s")
