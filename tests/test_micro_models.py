@@ -51,3 +51,21 @@ def test_heldout_accuracy(ti2v):
     assert result["n"] == 8
     assert result["background"] == 1.0 and result["colour"] >= 0.875
     assert result["all"] >= 0.625, result["failures"]
+
+
+def test_words_outside_the_vocabulary_are_named():
+    from wanflow.text import build_tokenizer, unknown_words
+
+    tokenizer = build_tokenizer()
+    assert unknown_words(tokenizer, "A Red circle, moving LEFT on a blue background.") == []
+    assert unknown_words(tokenizer, "a purple hexagon dancing, dancing on a rainbow") == ["hexagon", "dancing", "rainbow"]
+
+
+def test_a_micro_render_warns_about_unknown_words():
+    from wanflow.generate import generate
+    from wanflow.spec import RenderSpec
+
+    spec = RenderSpec(preset="micro-ti2v", prompt="a purple hexagon on a rainbow background", seed=0,
+                      num_inference_steps=1)
+    with pytest.warns(UserWarning, match=r"prompt: hexagon, rainbow not in the vocabulary of micro-ti2v .* circle /"):
+        generate(spec, progress=False)

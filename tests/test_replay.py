@@ -233,3 +233,12 @@ def test_micro_workflow_draft_lock_replay_keeps_the_draft(tmp_path):
     assert (before.object_colour, before.background, before.direction) == ("red", "blue", "left")
     assert (final.object_colour, final.background, final.direction) == ("red", "blue", "left")
     assert abs(final.start[0] - before.start[0]) < 0.06 and abs(final.start[1] - before.start[1]) < 0.06
+
+
+def test_replay_with_no_locks_says_how_to_make_one(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lines = []
+    summary = replay(None, final_preset="micro-a14b", mode="draft-v2v", tracking_uri=store, out_dir=tmp_path / "out",
+                     report=lines.append)
+    assert lines[0].startswith("no locks in sqlite:///") and "wanflow lock RUN_ID --name NAME" in lines[0]
+    assert lines[-1] == "0 rendered, 0 skipped, 0 failed" and summary.exit_code == 0

@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from wanflow.loading import LoadedPipeline, LoadOptions, ModelSource, load_pipeline
 from wanflow.media import to_uint8
+from wanflow.micro.vocabulary import BACKGROUND_COLOURS, MOTION_PHRASES, OBJECT_COLOURS, SHAPES
 from wanflow.spec import RenderSpec
-from wanflow.text import MAX_SEQUENCE_LENGTH
+from wanflow.text import MAX_SEQUENCE_LENGTH, unknown_words
 from wanflow.video2video import Guidance, experts_of, input_frames
 
 
@@ -157,6 +158,15 @@ def run_pipeline(
             f"prompt: {prompt_tokens} tokens; the text encoder reads the first {MAX_SEQUENCE_LENGTH} and ignores the "
             "rest (recorded on the run as prompt_truncated=true)", stacklevel=2,
         )
+    if preset.kind == "micro":  # trained on template captions: an unknown word is read as <unk>, i.e. ignored
+        unknown = unknown_words(pipe.tokenizer, spec.prompt)
+        if unknown:
+            warnings.warn(
+                f"prompt: {', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''} not in the vocabulary of "
+                f"{preset.name} (read as unknown); it draws {' / '.join(OBJECT_COLOURS)} {' / '.join(SHAPES)} "
+                f"{' / '.join(MOTION_PHRASES.values())} on a {' / '.join(BACKGROUND_COLOURS)} background",
+                stacklevel=2,
+            )
     started = time.perf_counter()
     with torch.no_grad():
         prompt_embeds, negative_embeds = pipe.encode_prompt(

@@ -185,6 +185,8 @@ def replay(
     settings = dict(final_preset=final_preset, mode=mode, strength=strength, frame_index=frame_index, seed=seed,
                     num_inference_steps=steps, width=width, height=height, num_frames=num_frames)
     names = list(locks) if locks is not None else list(list_locks(uri)["name"])
+    if not names:
+        report(f"no locks in {uri}: lock a draft first (`wanflow lock RUN_ID --name NAME`, see `wanflow history`)")
     requests = {name: FinalRequest(lock_name=name, **settings) for name in names}  # bad input raises here
     held = {name: get_lock(name, uri) for name in names}  # so does a missing lock
     check_writable(Path(out_dir))  # and an output folder that cannot be written

@@ -61,3 +61,14 @@ def build_text_encoder(vocab_size: int, d_model: int = 32, num_layers: int = 2, 
         dropout_rate=0.0,
     )
     return UMT5EncoderModel(config)
+
+
+def unknown_words(tokenizer: PreTrainedTokenizerFast, text: str) -> list[str]:
+    """The words of ``text`` (normalised and split as ``tokenizer`` does; punctuation is not a word) that are not in
+    its vocabulary, each once, in order: what a word-level tokenizer maps to ``<unk>``. For the project's tokenizer (:func:`build_tokenizer`);
+    a sub-word tokenizer such as UMT5's has no unknown words to report."""
+    backend = tokenizer.backend_tokenizer
+    normalized = backend.normalizer.normalize_str(text) if backend.normalizer else text
+    vocab = tokenizer.get_vocab()
+    words = [word for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalized)] if backend.pre_tokenizer else []
+    return list(dict.fromkeys(w for w in words if w not in vocab and any(c.isalnum() for c in w)))

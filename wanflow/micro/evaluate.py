@@ -243,13 +243,18 @@ def grid(device: str = "cpu", seeds=(0, 1), weights: str | None = None, batch: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wanflow.micro.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser = argparse.ArgumentParser(
+        prog="python -m wanflow.micro.evaluate",
+        description="Held-out evaluation of the micro models: does a render show the prompt's background colour, "
+                    "object colour and motion, as read back from its frames?")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+                        help="noise seeds; every held-out prompt renders once per seed (default 0 1 2 3)")
     parser.add_argument("--weights", help="folder with micro-ti2v/ and micro-a14b/ (default: the shipped weights)")
-    parser.add_argument("--batch", type=int, default=64, help="videos per pipeline call")
+    parser.add_argument("--batch", type=int, default=64, help="videos per pipeline call (default 64)")
     parser.add_argument("--no-experts", action="store_true", help="skip micro-a14b's single-expert runs")
-    parser.add_argument("--grid", action="store_true", help="try the settings in GRID instead (chooses presets)")
+    parser.add_argument("--grid", action="store_true", help="held-out accuracy over a grid of flow_shift x guidance per model instead (how the presets' "
+                             "settings were chosen)")
     parser.add_argument("--transfer", action="store_true",
                         help="measure what draft-v2v and fresh finals on micro-a14b keep of micro-ti2v drafts")
     parser.add_argument("--strength", type=float, help="draft-v2v strength for --transfer (default: the kit's)")

@@ -662,6 +662,36 @@ def run(
     return record
 
 
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not value > 0:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text} must be > 0")
+        return value
+    return parse
+
+
+def _steps_pair(text: str) -> list[int]:
+    """``N`` or ``N,M``: VAE steps for both structures, or for ti2v-5b and t2v-a14b."""
+    parts = [_positive(int)(v) for v in text.split(",")]
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one number or two, 'ti2v,a14b'")
+    return parts if len(parts) == 2 else parts * 2
+
+
+def _device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("cuda: this machine has no CUDA GPU; use --device cpu")
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m wanflow.micro.train",
@@ -670,13 +700,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=WEIGHTS, help="folder that receives micro-ti2v/ and micro-a14b/")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default: cuda when there is one)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and two steps per stage (CPU, seconds)")
-    parser.add_argument("--vae-steps", help="VAE steps: one number, or 'ti2v,a14b'")
-    parser.add_argument("--transformer-steps", type=int, help="joint text-encoder + transformer steps")
-    parser.add_argument("--num-clips", type=int, help="encoded clips the transformers train on")
-    parser.add_argument("--vae-seconds", type=float, help="stop each VAE stage by this wall time (budgeted runs)")
-    parser.add_argument("--transformer-seconds", type=float, help="stop the transformer stage by this wall time")
+    parser.add_argument("--vae-steps", type=_steps_pair, help="VAE steps: one number, or 'ti2v,a14b'")
+    parser.add_argument("--transformer-steps", type=_positive(int), help="joint text-encoder + transformer steps")
+    parser.add_argument("--num-clips", type=_positive(int), help="encoded clips the transformers train on")
+    parser.add_argument("--vae-seconds", type=_positive(float),
+                        help="stop each VAE stage by this wall time (budgeted runs)")
+    parser.add_argument("--transformer-seconds", type=_positive(float),
+                        help="stop the transformer stage by this wall time")
     parser.add_argument("--stage", choices=("all", "vae", "transformers"), default="all",
                         help="all (default); vae: train the VAEs only and save them to --out/vae-<structure>/; "
                              "transformers: stages 2-3 on the VAEs in --vaes")
@@ -686,18 +719,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", type=Path,
                         help="with --stage transformers: continue from the models saved in this folder "
                              "(micro-ti2v/, micro-a14b/), with a fresh optimiser")
-    parser.add_argument("--lr", type=float, help=f"transformer peak learning rate (default {FULL.lr:g})")
-    parser.add_argument("--vae-lr", type=float, help=f"VAE learning rate (default {FULL.vae_lr:g})")
-    parser.add_argument("--vae-batch", type=int, help=f"VAE clips per step (default {FULL.vae_batch})")
+    parser.add_argument("--lr", type=_positive(float), help=f"transformer peak learning rate (default {FULL.lr:g})")
+    parser.add_argument("--vae-lr", type=_positive(float), help=f"VAE learning rate (default {FULL.vae_lr:g})")
+    parser.add_argument("--vae-batch", type=_positive(int), help=f"VAE clips per step (default {FULL.vae_batch})")
     args = parser.parse_args(argv)
     if args.stage == "transformers" and args.vaes is None:
         parser.error("--stage transformers needs --vaes DIR (the --out of a --stage vae run)")
     if args.stage != "transformers" and args.vaes is not None:
         parser.error("--vaes is only read by --stage transformers")
-
-    cfg = SMOKE if args.smoke else FULL
     if args.init is not None and args.stage != "transformers":
         parser.error("--init is only read by --stage transformers")
+    if args.structure and args.stage != "vae":
+        parser.error("--structure is only read by --stage vae (the other stages need both VAEs)")
+    for flag, folder, inside in (("--vaes", args.vaes, "vae-ti2v-5b"), ("--init", args.init, "micro-ti2v")):
+        if folder is not None and not (folder / inside).is_dir():
+            parser.error(f"{flag}: {folder} has no {inside}/ (the --out of an earlier "
+                         f"{'--stage vae' if flag == '--vaes' else 'training'} run)")
+
+    cfg = SMOKE if args.smoke else FULL
     if args.lr:
         cfg = replace(cfg, lr=args.lr)
     if args.vae_lr:
@@ -708,11 +747,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, transformer_steps=args.transformer_steps)
     if args.num_clips:
         cfg = replace(cfg, num_clips=args.num_clips)
-    vae_steps = None
-    if args.vae_steps:
-        parts = [int(v) for v in args.vae_steps.split(",")]
-        vae_steps = parts if len(parts) == 2 else parts * 2
-    device = torch.device(args.device)
+    vae_steps = args.vae_steps
+    device = args.device
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
