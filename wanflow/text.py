@@ -65,8 +65,8 @@ def build_text_encoder(vocab_size: int, d_model: int = 32, num_layers: int = 2, 
 
 def unknown_words(tokenizer: PreTrainedTokenizerFast, text: str) -> list[str]:
     """The words of ``text`` (normalised and split as ``tokenizer`` does; punctuation is not a word) that are not in
-    its vocabulary, each once, in order: what a word-level tokenizer maps to ``<unk>``. For the project's tokenizer (:func:`build_tokenizer`);
-    a sub-word tokenizer such as UMT5's has no unknown words to report."""
+    its vocabulary, each once, in order: what a word-level tokenizer maps to ``<unk>``. Meant for the project's
+    tokenizer (:func:`build_tokenizer`); a sub-word tokenizer such as UMT5's has no unknown words to report."""
     backend = tokenizer.backend_tokenizer
     normalized = backend.normalizer.normalize_str(text) if backend.normalizer else text
     vocab = tokenizer.get_vocab()
