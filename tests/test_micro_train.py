@@ -85,6 +85,7 @@ def test_stages_run_apart_and_continue(tmp_path):
     (["--structure", "ti2v-5b"], "--structure is only read by --stage vae"),
     (["--device", "bogus"], "'bogus' is not a device"),
     (["--vae-steps", "-1"], "-1 must be > 0"),
+    (["--transformer-steps", "abc"], "'abc' is not an integer"),
     (["--vae-steps", "1,2,3"], "give one number or two"),
     (["--lr", "nan"], "nan must be > 0"),
 ])
@@ -106,3 +107,14 @@ def test_budget_plans_the_total_from_timed_steps(monkeypatch):
     assert budget.plan(60, 1000) == 210
     assert train._Budget(None, torch.device("cpu"), "x").plan(60, 1000) == 1000
     assert train._Budget(1e9, torch.device("cpu"), "x").plan(70, 1000) == 1000  # only step 60 plans
+
+
+@pytest.mark.parametrize("strength", ["0", "1.5", "abc", "nan"])
+def test_transfer_strength_is_checked_before_any_render(strength, capsys):
+    from wanflow.micro import evaluate
+
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--transfer", "--strength", strength])
+    assert exit_.value.code == 2 and "strength: " in capsys.readouterr().err
+    with pytest.raises(ValueError, match="strength: 2.0 is out of range"):
+        evaluate.transfer(strength=2.0)

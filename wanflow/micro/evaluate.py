@@ -185,6 +185,8 @@ def transfer(device: str = "cpu", seeds=(0, 1, 2, 3), prompts: list[str] | None 
 
     prompts = list(HELDOUT_PROMPTS if prompts is None else prompts)
     strength = DEFAULT_STRENGTH if strength is None else strength
+    if not 0 < strength <= 1:  # before any render, not at the first final
+        raise ValueError(f"strength: {strength} is out of range; allowed 0 < strength <= 1")
     options = {name: LoadOptions(device=device, dtype="float32", model_dir=f"{weights}/{name}" if weights else None)
                for name in ("micro-ti2v", "micro-a14b")}
     started = time.perf_counter()
@@ -242,6 +244,16 @@ def grid(device: str = "cpu", seeds=(0, 1), weights: str | None = None, batch: i
     return results
 
 
+def _strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"strength: {text!r} is not a number; allowed 0 < strength <= 1") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"strength: {text} is out of range; allowed 0 < strength <= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m wanflow.micro.evaluate",
@@ -257,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                              "settings were chosen)")
     parser.add_argument("--transfer", action="store_true",
                         help="measure what draft-v2v and fresh finals on micro-a14b keep of micro-ti2v drafts")
-    parser.add_argument("--strength", type=float, help="draft-v2v strength for --transfer (default: the kit's)")
+    parser.add_argument("--strength", type=_strength, help="draft-v2v strength for --transfer, 0 < s <= 1 "
+                                                             "(default: the kit's, 0.5)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from wanflow import text, tiny
 from wanflow.micro import data
 from wanflow.micro.vocabulary import COLOURS, SHAPES
+from wanflow.parameters import ParameterError, as_integer, as_number
 
 #: Where the shipped weights live (one Diffusers folder per micro preset).
 WEIGHTS = Path(__file__).parent / "weights"
@@ -662,12 +663,14 @@ def run(
     return record
 
 
-def _positive(kind):
+def _positive(convert):
+    """An argparse ``type``: ``convert`` (:func:`wanflow.parameters.as_integer` or ``as_number``, the kit's own
+    conversion rules) and a value > 0."""
     def parse(text: str):
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+            value = convert(text, "use a number > 0")
+        except ParameterError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
         if not value > 0:  # also refuses nan
             raise argparse.ArgumentTypeError(f"{text} must be > 0")
         return value
@@ -676,7 +679,7 @@ def _positive(kind):
 
 def _steps_pair(text: str) -> list[int]:
     """``N`` or ``N,M``: VAE steps for both structures, or for ti2v-5b and t2v-a14b."""
-    parts = [_positive(int)(v) for v in text.split(",")]
+    parts = [_positive(as_integer)(v) for v in text.split(",")]
     if len(parts) not in (1, 2):
         raise argparse.ArgumentTypeError(f"{text!r}: give one number or two, 'ti2v,a14b'")
     return parts if len(parts) == 2 else parts * 2
@@ -704,11 +707,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="cpu, cuda or cuda:N (default: cuda when there is one)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and two steps per stage (CPU, seconds)")
     parser.add_argument("--vae-steps", type=_steps_pair, help="VAE steps: one number, or 'ti2v,a14b'")
-    parser.add_argument("--transformer-steps", type=_positive(int), help="joint text-encoder + transformer steps")
-    parser.add_argument("--num-clips", type=_positive(int), help="encoded clips the transformers train on")
-    parser.add_argument("--vae-seconds", type=_positive(float),
+    parser.add_argument("--transformer-steps", type=_positive(as_integer), help="joint text-encoder + transformer steps")
+    parser.add_argument("--num-clips", type=_positive(as_integer), help="encoded clips the transformers train on")
+    parser.add_argument("--vae-seconds", type=_positive(as_number),
                         help="stop each VAE stage by this wall time (budgeted runs)")
-    parser.add_argument("--transformer-seconds", type=_positive(float),
+    parser.add_argument("--transformer-seconds", type=_positive(as_number),
                         help="stop the transformer stage by this wall time")
     parser.add_argument("--stage", choices=("all", "vae", "transformers"), default="all",
                         help="all (default); vae: train the VAEs only and save them to --out/vae-<structure>/; "
@@ -719,9 +722,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", type=Path,
                         help="with --stage transformers: continue from the models saved in this folder "
                              "(micro-ti2v/, micro-a14b/), with a fresh optimiser")
-    parser.add_argument("--lr", type=_positive(float), help=f"transformer peak learning rate (default {FULL.lr:g})")
-    parser.add_argument("--vae-lr", type=_positive(float), help=f"VAE learning rate (default {FULL.vae_lr:g})")
-    parser.add_argument("--vae-batch", type=_positive(int), help=f"VAE clips per step (default {FULL.vae_batch})")
+    parser.add_argument("--lr", type=_positive(as_number), help=f"transformer peak learning rate (default {FULL.lr:g})")
+    parser.add_argument("--vae-lr", type=_positive(as_number), help=f"VAE learning rate (default {FULL.vae_lr:g})")
+    parser.add_argument("--vae-batch", type=_positive(as_integer), help=f"VAE clips per step (default {FULL.vae_batch})")
     args = parser.parse_args(argv)
     if args.stage == "transformers" and args.vaes is None:
         parser.error("--stage transformers needs --vaes DIR (the --out of a --stage vae run)")
