@@ -24,7 +24,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
-import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -165,6 +164,14 @@ def write_video(frames: np.ndarray, path: Path, fps: int, metadata: dict[str, st
     return Path(path)
 
 
+def _ffmpeg() -> str:
+    """The ffmpeg binary imageio-ffmpeg ships (imported here, not at module import: frames-only work, such as the
+    GPU benchmark, runs where imageio-ffmpeg is not installed)."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
 def _encode_h264(frames: np.ndarray, path: Path, fps: int, metadata: dict[str, str] | None = None) -> None:
     """ffmpeg reads rgb24 frames on stdin and writes ``path``: the command imageio-ffmpeg's ``write_frames`` builds
     (libx264, yuv420p, no rescaling), run here so that ffmpeg's exit status and stderr are read (imageio-ffmpeg
@@ -174,7 +181,7 @@ def _encode_h264(frames: np.ndarray, path: Path, fps: int, metadata: dict[str, s
     if width % 2 or height % 2:
         raise ValueError(f"frames: H.264/yuv420p needs even width and height, got {width}x{height}")
     command = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
+        _ffmpeg(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
         "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
         "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-v", "error",
         "-crf", "17", "-preset", X264_PRESET, "-movflags", "+faststart",
@@ -319,12 +326,14 @@ def probe_video(path: Path) -> dict:
     "size": (w, h), "tags": {key: value}}``, using the ffmpeg binary that imageio-ffmpeg ships."""
     import subprocess
 
+    import imageio_ffmpeg
+
     reader = imageio_ffmpeg.read_frames(str(path))
     meta = next(reader)
     width, height = meta["size"]
     frames = [np.frombuffer(buf, dtype=np.uint8).reshape(height, width, 3) for buf in reader]
     result = subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
+        [_ffmpeg(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
         capture_output=True, text=True, check=True,
     )
     tags = {}
