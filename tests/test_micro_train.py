@@ -76,6 +76,21 @@ def test_stages_run_apart_and_continue(tmp_path):
     end = load_file(second / "micro-ti2v" / "transformer" / "diffusion_pytorch_model.safetensors")
     assert max(float((start[k].float() - end[k].float()).abs().max()) for k in start) < 0.05
 
+    # --only-a14b: micro-a14b's experts train, the text encoder and micro-ti2v come back bit for bit
+    third = tmp_path / "t3"
+    assert train.main(["--smoke", "--device", "cpu", "--stage", "transformers", "--vaes", str(vaes),
+                       "--init", str(second), "--only-a14b", "--lr", "1e-2", "--out", str(third)]) == 0
+    record = json.loads((third / "micro-a14b" / "TRAINING.json").read_text())
+    assert set(record["transformers"]["final_loss"]) == {"a14b_high", "a14b_low"}
+    assert "--only-a14b" in record["reproduce"]
+    for sub, changed in (("micro-ti2v/transformer", False), ("micro-ti2v/text_encoder", False),
+                         ("micro-a14b/text_encoder", False), ("micro-a14b/transformer", True),
+                         ("micro-a14b/transformer_2", True)):
+        file = "model.safetensors" if sub.endswith("text_encoder") else "diffusion_pytorch_model.safetensors"
+        before, after = load_file(second / sub / file), load_file(third / sub / file)
+        same = all(torch.equal(before[k], after[k]) for k in before)
+        assert same != changed, sub
+
 
 @pytest.mark.parametrize("argv, message", [
     (["--stage", "transformers"], "--stage transformers needs --vaes"),
@@ -88,6 +103,7 @@ def test_stages_run_apart_and_continue(tmp_path):
     (["--transformer-steps", "abc"], "'abc' is not an integer"),
     (["--vae-steps", "1,2,3"], "give one number or two"),
     (["--lr", "nan"], "nan must be > 0"),
+    (["--stage", "transformers", "--vaes", "x", "--only-a14b"], "--only-a14b continues trained models"),
 ])
 def test_bad_arguments_stop_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -373,9 +373,12 @@ def train_transformers(
     seconds: float | None = None,
     log=print,
     init: dict[str, torch.nn.Module] | None = None,
+    only_a14b: bool = False,
 ) -> tuple[dict[str, torch.nn.Module], dict]:
     """Stages 2 and 3: train the text encoder and the three transformers jointly (one optimiser, one summed loss).
     ``init`` (from :func:`load_models`) continues from trained weights instead of random ones (a fresh optimiser).
+    ``only_a14b`` (needs ``init``) trains micro-a14b's two experts alone: the text encoder and micro-ti2v stay as
+    they are (micro-ti2v renders exactly as before) and each caption is encoded once.
 
     Args:
         lat_ti2v: (N, 48, f, h, w) normalised latents of the clips under the micro-ti2v VAE.
@@ -394,6 +397,8 @@ def train_transformers(
     ids_table, mask_table = tok.input_ids.to(device), tok.attention_mask.to(device)
     empty = len(captions)
 
+    if only_a14b and init is None:
+        raise ValueError("only_a14b continues trained models: pass init (--init DIR)")
     if init is not None:
         models = dict(init)
     else:
@@ -406,10 +411,16 @@ def train_transformers(
         for name in ("a14b_high", "a14b_low"):
             models[name] = tiny.build_transformer("t2v-a14b", cfg.text_dim, heads, head_dim, layers, ffn,
                                                   freq_dim=cfg.freq_dim)
+    names = ("a14b_high", "a14b_low") if only_a14b else ("ti2v", "a14b_high", "a14b_low")
+    trained = names if only_a14b else ("text_encoder", *names)
     params = []
-    for m in models.values():
-        m.to(device).train()
-        params += [p for p in m.parameters() if p.requires_grad]
+    for name, m in models.items():
+        m.to(device).train(name in trained).requires_grad_(name in trained)
+        params += [p for p in m.parameters()] if name in trained else []
+    contexts = None
+    if only_a14b:  # a frozen encoder: every caption (and the empty one) encoded once, looked up per step
+        with torch.no_grad(), _autocast(device):
+            contexts = encode_text(models["text_encoder"], ids_table, mask_table)
     ema = [p.detach().clone() for p in params]
     # fused AdamW: one kernel per step instead of a few per tensor (these models are launch-bound on a GPU)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=device.type == "cuda")
@@ -421,8 +432,7 @@ def train_transformers(
     total = cfg.transformer_steps
     started = time.perf_counter()
     budget = _Budget(seconds, device, "transformers", log)
-    names = ("ti2v", "a14b_high", "a14b_low")
-    history: list[torch.Tensor] = []  # per step, the three losses, left on the device: no host sync in the loop
+    history: list[torch.Tensor] = []  # per step, the losses of ``names``, left on the device: no host sync in the loop
     step = 0
 
     def recent(k: int = 100) -> dict[str, float]:
@@ -441,37 +451,40 @@ def train_transformers(
         dropped = torch.rand(cfg.batch, generator=gen, device=device) < cfg.caption_dropout
         cap = torch.where(dropped, empty, caption_index[idx])
         with _autocast(device):
-            context = encode_text(models["text_encoder"], ids_table[cap], mask_table[cap])
-
-            # micro-ti2v: per-token timesteps; some samples are image-to-video (clean first frame, t = 0 there).
-            x0 = lat_ti2v[idx].float()
-            sigma = sample_sigmas(cfg.batch, cfg.train_shift, 0.0, 1.0, gen, device)
-            xt, target = flow(x0, sigma)
-            i2v = torch.rand(cfg.batch, generator=gen, device=device) < cfg.p_i2v
-            xt[:, :, 0] = torch.where(i2v.view(-1, 1, 1, 1), x0[:, :, 0], xt[:, :, 0])
-            timestep = (1000 * sigma)[:, None].expand(-1, f * tokens_per_frame).clone()
-            timestep[:, :tokens_per_frame] = torch.where(i2v[:, None], 0.0, timestep[:, :tokens_per_frame])
-            pred = models["ti2v"](xt, timestep, context, return_dict=False)[0].float()
-            weight = torch.ones_like(pred[:, :1])
-            weight[:, :, 0] = (~i2v).float().view(-1, 1, 1, 1)
-            loss_ti2v = ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[1])
+            if contexts is not None:
+                context = contexts[cap]
+            else:
+                context = encode_text(models["text_encoder"], ids_table[cap], mask_table[cap])
+            losses = {}
+            if "ti2v" in names:
+                # micro-ti2v: per-token timesteps; some samples are image-to-video (clean first frame, t = 0 there).
+                x0 = lat_ti2v[idx].float()
+                sigma = sample_sigmas(cfg.batch, cfg.train_shift, 0.0, 1.0, gen, device)
+                xt, target = flow(x0, sigma)
+                i2v = torch.rand(cfg.batch, generator=gen, device=device) < cfg.p_i2v
+                xt[:, :, 0] = torch.where(i2v.view(-1, 1, 1, 1), x0[:, :, 0], xt[:, :, 0])
+                timestep = (1000 * sigma)[:, None].expand(-1, f * tokens_per_frame).clone()
+                timestep[:, :tokens_per_frame] = torch.where(i2v[:, None], 0.0, timestep[:, :tokens_per_frame])
+                pred = models["ti2v"](xt, timestep, context, return_dict=False)[0].float()
+                weight = torch.ones_like(pred[:, :1])
+                weight[:, :, 0] = (~i2v).float().view(-1, 1, 1, 1)
+                losses["ti2v"] = ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[1])
 
             # micro-a14b: the high-noise expert above the boundary, the low-noise expert below.
             x0 = lat_a14b[idx].float()
-            losses = {}
             for name, low, high in (("a14b_high", boundary, 1.0), ("a14b_low", 0.0, boundary)):
                 sigma = sample_sigmas(cfg.batch, cfg.train_shift, low, high, gen, device)
                 xt, target = flow(x0, sigma)
                 pred = models[name](xt, 1000 * sigma, context, return_dict=False)[0].float()
                 losses[name] = ((pred - target) ** 2).mean()
-        loss = loss_ti2v + losses["a14b_high"] + losses["a14b_low"]
+        loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
             _ema_update(ema, params, min(cfg.ema, (1 + step) / (10 + step)))
-        history.append(torch.stack([loss_ti2v, losses["a14b_high"], losses["a14b_low"]]).detach())
+        history.append(torch.stack([losses[name] for name in names]).detach())
         step += 1
         total = budget.plan(step, total)
         if step % 250 == 0 or step == total:
@@ -596,7 +609,8 @@ def load_vaes(folder: Path, device: torch.device) -> tuple[dict, dict]:
 
 def load_models(folder: Path) -> tuple[dict[str, torch.nn.Module], dict]:
     """The text encoder and transformers of saved micro models (``folder/micro-ti2v``, ``folder/micro-a14b``, as
-    :func:`save` writes them), float32, to continue training (``--init``); and the ``TRAINING.json`` they carry.
+    :func:`save` writes them), float32, to continue training (``--init``); and micro-a14b's ``TRAINING.json``, the
+    latest record (an ``--only-a14b`` run changes only that model).
 
     Raises:
         FileNotFoundError: ``folder`` lacks one of the two model folders."""
@@ -614,16 +628,19 @@ def load_models(folder: Path) -> tuple[dict[str, torch.nn.Module], dict]:
         "a14b_high": load("micro-a14b/transformer"),
         "a14b_low": load("micro-a14b/transformer_2"),
     }
-    return models, json.loads((folder / "micro-ti2v" / "TRAINING.json").read_text())
+    return models, json.loads((folder / "micro-a14b" / "TRAINING.json").read_text())
 
 
 def run(
     cfg: TrainConfig, out: Path, seed: int, device: torch.device, budgets: dict | None = None, log=print,
     vae_steps: dict[str, int] | None = None, vaes_from: Path | None = None, init_from: Path | None = None,
+    only_a14b: bool = False,
 ) -> dict:
     """All stages, end to end; returns the training record (also written into each folder's ``TRAINING.json``).
     ``vae_steps`` overrides ``cfg.vae_steps`` per structure; ``budgets`` caps ``vae`` (each) and ``transformers``
-    wall seconds; ``vaes_from`` skips stage 1 and uses the VAEs a ``--stage vae`` run saved there."""
+    wall seconds; ``vaes_from`` skips stage 1 and uses the VAEs a ``--stage vae`` run saved there; ``init_from``
+    continues from saved models, and ``only_a14b`` then trains micro-a14b's experts alone
+    (:func:`train_transformers`)."""
     budgets = budgets or {}
     started = time.perf_counter()
     record = _record(cfg, seed, device)
@@ -647,14 +664,15 @@ def run(
     if init_from is not None:
         init, record["continues"] = load_models(init_from)
     models, result = train_transformers(lat_ti2v, lat_a14b, caption_index, captions, cfg, seed, device,
-                                        budgets.get("transformers"), log, init=init)
+                                        budgets.get("transformers"), log, init=init, only_a14b=only_a14b)
     record["transformers"] = result
     record["wall_seconds"] = round(time.perf_counter() - started, 1)
     if vaes_from is None:
         stages = (f"--vae-steps {record['vae_ti2v-5b']['steps']},{record['vae_t2v-a14b']['steps']} "
                   f"--vae-lr {cfg.vae_lr:g} --vae-batch {cfg.vae_batch}")
     else:  # the VAE stage ran separately: its own command is in vae_<structure>.config / result.json
-        stages = f"--stage transformers --vaes {vaes_from}" + (f" --init {init_from}" if init_from else "")
+        stages = (f"--stage transformers --vaes {vaes_from}" + (f" --init {init_from}" if init_from else "")
+                  + (" --only-a14b" if only_a14b else ""))
     record["reproduce"] = (f"python -m wanflow.micro.train --seed {seed} {stages} --lr {cfg.lr:g} "
                            f"--num-clips {cfg.num_clips} --transformer-steps {result['steps']}")
     sizes = save(assemble(models, vaes, cfg), out, seed, record)
@@ -722,6 +740,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", type=Path,
                         help="with --stage transformers: continue from the models saved in this folder "
                              "(micro-ti2v/, micro-a14b/), with a fresh optimiser")
+    parser.add_argument("--only-a14b", action="store_true",
+                        help="with --init: train micro-a14b's two experts alone; the text encoder and micro-ti2v "
+                             "are kept as they are")
     parser.add_argument("--lr", type=_positive(as_number), help=f"transformer peak learning rate (default {FULL.lr:g})")
     parser.add_argument("--vae-lr", type=_positive(as_number), help=f"VAE learning rate (default {FULL.vae_lr:g})")
     parser.add_argument("--vae-batch", type=_positive(as_integer), help=f"VAE clips per step (default {FULL.vae_batch})")
@@ -732,6 +753,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--vaes is only read by --stage transformers")
     if args.init is not None and args.stage != "transformers":
         parser.error("--init is only read by --stage transformers")
+    if args.only_a14b and args.init is None:
+        parser.error("--only-a14b continues trained models: give --init DIR")
     if args.structure and args.stage != "vae":
         parser.error("--structure is only read by --stage vae (the other stages need both VAEs)")
     for flag, folder, inside in (("--vaes", args.vaes, "vae-ti2v-5b"), ("--init", args.init, "micro-ti2v")):
@@ -766,7 +789,8 @@ def main(argv: list[str] | None = None) -> int:
         train_vaes(cfg, args.seed, device, tuple(args.structure or STRUCTURES), args.vae_seconds, steps,
                    out=args.out, log=log)
         return 0
-    run(cfg, args.out, args.seed, device, budgets, log, vae_steps=steps, vaes_from=args.vaes, init_from=args.init)
+    run(cfg, args.out, args.seed, device, budgets, log, vae_steps=steps, vaes_from=args.vaes, init_from=args.init,
+        only_a14b=args.only_a14b)
     return 0
 
 
