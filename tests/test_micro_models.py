@@ -53,6 +53,22 @@ def test_heldout_accuracy(ti2v):
     assert result["all"] >= 0.625, result["failures"]
 
 
+def test_heldout_accuracy_two_experts_and_each_alone():
+    """micro-a14b on the same 8 held-out prompts, seed 0, preset settings (CPU): both experts 7 of 8 (95% over 164
+    held-out renders); each expert alone, on the same prompts, far less (1 and 2 of 8 here; 6.7% / 40.8% over
+    164): the two experts pay. A regression to 5 of 8, or an expert alone catching up, fails."""
+    preset = get_preset("micro-a14b")
+    pipe = evaluate.load(preset, "cpu")
+    prompts = HELDOUT_PROMPTS[::5][:8]
+    both = evaluate.evaluate(pipe, preset, evaluate.Settings(), prompts=prompts, seeds=(0,))
+    assert both["n"] == 8 and both["all"] >= 0.75, both["failures"]
+    for expert in ("transformer", "transformer_2"):
+        alone = evaluate.evaluate(evaluate.single_expert(pipe, expert), preset, evaluate.Settings(), prompts=prompts,
+                                  seeds=(0,))
+        assert alone["all"] <= both["all"] - 0.375, (expert, alone["all"], both["all"])
+    clear_cache()
+
+
 def test_words_outside_the_vocabulary_are_named():
     from wanflow.text import build_tokenizer, unknown_words
 
