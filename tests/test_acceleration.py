@@ -100,6 +100,40 @@ def test_first_block_cache_skips_blocks_of_both_experts_and_is_tagged(store, tmp
     clear_cache()
 
 
+def test_taylorseer_runs_the_blocks_on_its_fixed_schedule_per_expert_and_leaves_nothing_behind(store, tmp_path):
+    """TaylorSeer (lite): every expert runs its blocks on its first max(3, ceil(0.3 N)) steps and then every 3rd
+    (N = the render's steps), cond and uncond; the cache is off again after the render, so a second render of the
+    same spec gives the same frames."""
+    import math
+
+    import numpy as np
+
+    clear_cache()
+    steps_total = 12
+    spec = RenderSpec(preset="tiny-t2v-a14b", prompt=PROMPT, seed=3, num_inference_steps=steps_total,
+                      approximations=["taylorseer"])
+    loaded = load_pipeline(spec.model, "t2v", LoadOptions(device="cpu"), spec.approximations)
+    counts = {name: _attn_calls(getattr(loaded.pipe, name)) for name in ("transformer", "transformer_2")}
+    first = wanflow.render(spec, options=LoadOptions(device="cpu"), tracking_uri=store, out_dir=tmp_path / "a",
+                           progress=False)
+    warmup = max(3, math.ceil(acceleration.TAYLORSEER_WARMUP * steps_total))
+    assert warmup == 4
+    for name, calls in counts.items():
+        ran = sum(1 for s in first.steps if s.expert == name)
+        full = sum(1 for k in range(ran) if k < warmup or (k - warmup - 1) % acceleration.TAYLORSEER_INTERVAL == 0)
+        assert ran > full or ran <= warmup, name  # something was skipped wherever the schedule allows it
+        assert calls[0] == 2 * full, (name, calls[0], ran)
+        assert not getattr(loaded.pipe, name).is_cache_enabled
+    again = wanflow.render(spec, options=LoadOptions(device="cpu"), tracking_uri=store, out_dir=tmp_path / "b",
+                           progress=False)
+    assert np.array_equal(first.frames, again.frames)
+    run = __import__("mlflow").MlflowClient(store).get_run(first.run_id)
+    assert run.data.tags["approximations"] == "taylorseer" and run.data.tags["compiled"] == "false"
+    with pytest.raises(ValueError, match="first-block-cache and taylorseer are both step caches; pick one"):
+        RenderSpec(preset="tiny-ti2v", prompt=PROMPT, approximations="taylorseer,first-block-cache")
+    clear_cache()
+
+
 def test_exact_render_is_tagged_and_vae_tiling_reaches_the_vae():
     clear_cache()
     loaded = load_pipeline(get_preset("tiny-ti2v"), "t2v", LoadOptions(device="cpu", vae_tiling=True))

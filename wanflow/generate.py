@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from wanflow.acceleration import step_cache
 from wanflow.loading import LoadedPipeline, LoadOptions, ModelSource, load_pipeline
 from wanflow.media import to_uint8
 from wanflow.micro.vocabulary import BACKGROUND_COLOURS, MOTION_PHRASES, OBJECT_COLOURS, SHAPES
@@ -238,7 +239,7 @@ def run_pipeline(
             call["image"] = img.convert("RGB")
     started = time.perf_counter()
     try:
-        with guided:
+        with guided, step_cache(experts_of(pipe), spec.approximations, total):
             output = pipe(**call)
     finally:
         bar.close()

@@ -116,8 +116,10 @@ class LoadOptions:
 
 
 #: Memory modes, as the LoadOptions flags they set, in the order :func:`plan_memory` tries them: the order of the
-#: GPU memory they keep, which is assumed to be the order of speed. Their time cost is not measured yet (the
-#: text encoder on a CPU adds its encode time; offload adds weight transfers): see BENCHMARKS.md.
+#: GPU memory they keep, which is assumed to be the order of speed. Measured time costs on one H200 (BENCHMARKS.md):
+#: ``t5-cpu`` adds the text encoding on the CPU (UMT5-XXL: 20.1 s for TI2V-5B's prompt pair, 13.3 s in the A14B
+#: run); group offload with VAE tiling made an A14B 720p step 3.4% slower (25.6 s vs 24.7 s). Model offload's step
+#: time is not measured cleanly yet.
 MEMORY_MODES = {
     "none": {},
     "t5-cpu": {"t5_cpu": True},
@@ -126,14 +128,14 @@ MEMORY_MODES = {
 }
 #: Peak GPU memory (GiB) of a whole render at the structure's official size, per memory mode: measured on one H200
 #: (``bench/run.py``, ``bench/memory.py``; BENCHMARKS.md), or derived from a measurement where the note says so.
-#: TI2V-5B 1280x704x121: all on the GPU 31.9 (measured); t5-cpu 21.3 (31.9 less the 10.6 GiB UMT5-XXL, which
-#: is resident at the decode peak); model offload + VAE tiling 14.6 (measured). A14B 1280x720x81: all on the GPU
-#: 74.1 (72.3 measured while denoising; decode adds 10.1 over the 64.0 GiB of weights, measured); t5-cpu 63.5
-#: (less the text encoder). Group offload is not measured (streams the experts: the least memory).
+#: TI2V-5B 1280x704x121: all on the GPU 31.9, t5-cpu 21.3, model offload + VAE tiling 14.6 (all measured).
+#: A14B 1280x720x81: all on the GPU 74.1 (72.3 measured while denoising; decode adds 10.1 over the 64.0 GiB of
+#: weights, measured); t5-cpu 63.5 (derived: less the 10.6 GiB text encoder); group offload + t5-cpu + VAE tiling
+#: 10.2 (measured, T2V; I2V-A14B's experts are the same size, so it takes the T2V numbers).
 MEASURED_PEAK_GIB = {
     "ti2v-5b": {"none": 31.9, "t5-cpu": 21.3, "model-offload+vae-tiling": 14.6},
-    "t2v-a14b": {"none": 74.1, "t5-cpu": 63.5},
-    "i2v-a14b": {"none": 74.1, "t5-cpu": 63.5},
+    "t2v-a14b": {"none": 74.1, "t5-cpu": 63.5, "group-offload+t5-cpu+vae-tiling": 10.2},
+    "i2v-a14b": {"none": 74.1, "t5-cpu": 63.5, "group-offload+t5-cpu+vae-tiling": 10.2},
 }
 #: Share of the card a plan may fill: the rest is headroom for the CUDA context, the allocator's fragmentation
 #: and sizes a little off the measured ones.

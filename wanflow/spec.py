@@ -97,7 +97,7 @@ class RenderSpec(BaseModel):
     strength: float | None = None
     adapters: tuple[Adapter, ...] = Field(default=())
     #: Opt-in speed-ups that change the frames (see :mod:`wanflow.acceleration`); empty = exact.
-    approximations: tuple[Literal["first-block-cache", "fp8", "sage-attention"], ...] = ()
+    approximations: tuple[Literal["first-block-cache", "fp8", "sage-attention", "taylorseer"], ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -233,7 +233,9 @@ def _as_path(value: Any, allowed: str) -> str:
 
 
 #: The names :attr:`RenderSpec.approximations` takes (see :mod:`wanflow.acceleration`).
-APPROXIMATION_NAMES = ("first-block-cache", "fp8", "sage-attention")
+APPROXIMATION_NAMES = ("first-block-cache", "fp8", "sage-attention", "taylorseer")
+#: The step caches among them: each skips work on some denoising steps, and a transformer holds one cache at a time.
+STEP_CACHES = ("first-block-cache", "taylorseer")
 
 
 def _as_approximations(value: Any, allowed: str) -> tuple[str, ...]:
@@ -247,6 +249,8 @@ def _as_approximations(value: Any, allowed: str) -> tuple[str, ...]:
     unknown = sorted(names - set(APPROXIMATION_NAMES))
     if unknown:
         raise ParameterError(f"unknown {', '.join(map(repr, unknown))}; {allowed}")
+    if len(names & set(STEP_CACHES)) > 1:
+        raise ParameterError(f"{' and '.join(STEP_CACHES)} are both step caches; pick one")
     return tuple(sorted(names))
 
 
