@@ -143,6 +143,9 @@ def test_notebook_documents_its_parameters_and_is_stored_without_outputs():
                 "height": "Optional[int]", "num_frames": "Optional[int]", "tracking_uri": "str", "output_dir": "str"}
     for name, type_name in expected.items():
         assert params[name]["inferred_type_name"] == type_name and params[name]["help"], name
+    from wanflow.transfer import DEFAULT_STRENGTH
+
+    assert float(params["strength"]["default"]) == DEFAULT_STRENGTH  # the notebook's default is the kit's
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert not any(c.get("outputs") or c.get("execution_count") for c in nb.cells if c.cell_type == "code")
@@ -224,9 +227,10 @@ def test_micro_workflow_draft_lock_replay_keeps_the_draft(tmp_path):
     assert outcome.status == "rendered", outcome.message
     run = MlflowClient(store).get_run(outcome.run_id)
     assert run.data.tags["transfer"] == "draft-v2v" and run.data.tags["draft_run_id"] == draft.run_id
-    # strength 0.5 runs the last 10 of 20 steps; with flow_shift 5 they start at t = 1000 * 5 * 0.5 / (1 + 4 * 0.5)
-    # = 833, below the 875 boundary, so the low-noise expert alone refines the draft
-    assert (run.data.metrics["steps_transformer"], run.data.metrics["steps_transformer_2"]) == (0, 10)
+    # the default strength 0.3 runs the last 6 of 20 steps; with flow_shift 5 they start at t = 1000 * 5 * 0.3 /
+    # (1 + 4 * 0.3) = 682, below the 875 boundary, so the low-noise expert alone refines the draft
+    assert run.data.tags["transfer_strength"] == "0.3"
+    assert (run.data.metrics["steps_transformer"], run.data.metrics["steps_transformer_2"]) == (0, 6)
     assert run.data.metrics["adherence"] == 1.0  # logged by the final render itself
     final = detect(probe_video(Path(run.data.tags["out_dir"]) / "video.mp4")["frames"])
     before = detect(draft.frames)

@@ -228,10 +228,17 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from wanflow.replay import replay
+    from wanflow.transfer import DEFAULT_STRENGTH
 
+    # an option of another mode would be ignored: say so instead of rendering something other than what was asked
+    for flag, value, mode in (("--strength", args.strength, "draft-v2v"), ("--frame", args.frame, "first-frame")):
+        if value is not None and args.mode != mode:
+            raise ValueError(f"{flag}: only for --mode {mode}; this replay is --mode {args.mode} (drop {flag})")
     names = [n for item in args.locks for n in item.split(",") if n] if args.locks else None
     summary = replay(
-        names, final_preset=args.model, mode=args.mode, strength=args.strength, frame_index=args.frame,
+        names, final_preset=args.model, mode=args.mode,
+        strength=DEFAULT_STRENGTH if args.strength is None else args.strength,
+        frame_index=0 if args.frame is None else args.frame,
         seed=args.seed, steps=args.steps, width=args.width, height=args.height, num_frames=args.frames,
         force=args.force, tracking_uri=args.tracking_uri, out_dir=args.out, notebook=args.notebook,
         device=args.device, dtype=args.dtype,
@@ -314,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fast", choices=["auto", "on", "off"], default="auto",
                    help="exact fast path: fastest attention kernel + compiled blocks (auto: real models on CUDA)")
     r.add_argument("--approximate", metavar="NAMES",
-                   help="opt-in speed-ups that change the frames, comma-separated: first-block-cache, fp8, "
-                        "sage-attention (GPU only; part of the spec)")
+                   help="opt-in speed-ups that change the frames, comma-separated: first-block-cache, taylorseer, fp8, "
+                        "sage-attention (the last two need a CUDA GPU; part of the spec)")
     r.add_argument("--model-dir", help="local Diffusers-layout folder with the preset's weights")
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -367,10 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="final preset (default: t2v-a14b; i2v-a14b for --mode first-frame)")
     rp.add_argument("--mode", default="fresh", choices=["fresh", "first-frame", "draft-v2v"],
                     help="how the draft carries over (default fresh)")
-    rp.add_argument("--strength", type=_number("strength", "allowed 0 < strength <= 1"), default=0.5,
-                    help="draft-v2v: 0 < strength <= 1 (default 0.5)")
-    rp.add_argument("--frame", type=_integer("frame_index", "use an integer >= 0 (a frame of the draft)"), default=0,
-                    help="first-frame: the draft frame to start from (default 0)")
+    rp.add_argument("--strength", type=_number("strength", "allowed 0 < strength <= 1"),
+                    help="draft-v2v only: 0 < strength <= 1, the share of the steps that run (default 0.3)")
+    rp.add_argument("--frame", type=_integer("frame_index", "use an integer >= 0 (a frame of the draft)"),
+                    help="first-frame only: the draft frame to start from (default 0)")
     rp.add_argument("--seed", type=seed, help="final seed (default: a new one per lock; seeds never carry over)")
     rp.add_argument("--steps", type=steps, help="num_inference_steps (default: the final preset's)")
     rp.add_argument("--width", type=width, help="width in pixels (default: the final preset's)")

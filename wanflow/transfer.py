@@ -32,10 +32,14 @@ from wanflow.presets import PRESETS, get_preset
 from wanflow.spec import MAX_SEED, RenderSpec
 
 MODES = ("fresh", "first-frame", "draft-v2v")
-#: draft-v2v strength when none is given. A starting point, not a measured optimum: with T2V-A14B's flow_shift 12
-#: the first timestep of strength s is 1000 * 12s / (1 + 11s), so 0.5 starts at ~923, above the 875 boundary (both
-#: experts run), while s below ~0.37 starts below it and runs only the low-noise expert.
-DEFAULT_STRENGTH = 0.5
+#: draft-v2v strength when none is given: low enough that the final keeps the draft's layout and the low-noise
+#: expert refines it. With flow shift f the first timestep of strength s is 1000 f s / (1 + (f - 1) s): 0.3 starts
+#: at ~837 on T2V-A14B (shift 12) and ~682 on micro-a14b (shift 5), both below the 875 boundary, so the high-noise
+#: expert, which lays out the scene, does not run; 0.5 would start at ~923 on T2V-A14B and re-lay it. Measured on
+#: the micro models (micro-ti2v drafts, micro-a14b finals, 82 held-out drafts, CPU; wanflow/micro/weights/
+#: TRAINING.md): colour, motion and start all kept in 35% of finals at 0.5, 60% at 0.3, 74% at 0.2, 88% at 0.1
+#: (41 drafts). Lower keeps more of the draft and takes less from the final model: 0.3 is the middle.
+DEFAULT_STRENGTH = 0.3
 #: Run tags of a final render (``stage=final`` comes from :func:`wanflow.rendering.render`). Never ``lock``: that
 #: tag marks locked drafts (:mod:`wanflow.locks`).
 LINEAGE_TAGS = ("lock_name", "draft_run_id", "draft_spec_id", "transfer", "transfer_strength", "transfer_frame",
