@@ -54,7 +54,8 @@ FIRST_BLOCK_CACHE_THRESHOLD = 0.05
 #: TaylorSeer: full forwards on the first TAYLORSEER_WARMUP of the steps (at least 3), then one every
 #: TAYLORSEER_INTERVAL steps. diffusers' defaults (3 steps, every 5th) broke the micro models at 20 steps: PSNR
 #: 12 dB against exact, adherence 0.38 vs 1.0 (micro-ti2v, 8 held-out prompts, CPU); warm-up 30% and every 3rd
-#: kept adherence at 0.92 (PSNR 33 dB) on micro-ti2v and at the exact value, 0.96 (PSNR 36 dB), on micro-a14b.
+#: kept adherence at 0.92 (PSNR 33 dB) on micro-ti2v and at the exact value, 1.0 (PSNR 35 dB), on micro-a14b
+#: (``bench/approx_quality.py --approx taylorseer --prompts 8``).
 TAYLORSEER_WARMUP, TAYLORSEER_INTERVAL = 0.3, 3
 #: Most tokens used when timing attention kernels (the ranking is stable past a few thousand tokens; this keeps the
 #: one-off measurement under a few seconds even for A14B 720p, 75,600 tokens).
