@@ -27,6 +27,8 @@ def test_approximations_are_a_set_in_the_spec_and_leave_old_ids_alone():
     assert RenderSpec.model_validate_json(cached.canonical_json()) == cached
     with pytest.raises(ValueError, match=r"approximations: unknown 'turbo'; allowed: first-block-cache, fp8"):
         RenderSpec(preset="tiny-ti2v", prompt=PROMPT, approximations=["turbo"])
+    with pytest.raises(ValueError, match=r"approximations: 'none' \(exact\) cannot be combined with taylorseer"):
+        RenderSpec(preset="tiny-ti2v", prompt=PROMPT, approximations="none,taylorseer")
     with pytest.raises(ValueError, match=r"approximations: 3 is not a list of names"):
         RenderSpec(preset="tiny-ti2v", prompt=PROMPT, approximations=3)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from wanflow.loading import LoadOptions, clear_cache, load_pipeline
-from wanflow.micro import data, train
+from wanflow.micro import data, evaluate, train
 from wanflow.presets import get_preset
 
 
@@ -96,7 +96,7 @@ def test_stages_run_apart_and_continue(tmp_path):
     (["--stage", "transformers"], "--stage transformers needs --vaes"),
     (["--stage", "vae", "--vaes", "x"], "--vaes is only read by --stage transformers"),
     (["--stage", "all", "--init", "x"], "--init is only read by --stage transformers"),
-    (["--stage", "transformers", "--vaes", "/nonexistent"], "--vaes: /nonexistent has no vae-ti2v-5b/"),
+    (["--stage", "transformers", "--vaes", "/nonexistent"], "--vaes: /nonexistent has no vae-ti2v-5b/config.json"),
     (["--structure", "ti2v-5b"], "--structure is only read by --stage vae"),
     (["--device", "bogus"], "'bogus' is not a device"),
     (["--vae-steps", "-1"], "-1 must be > 0"),
@@ -107,7 +107,22 @@ def test_stages_run_apart_and_continue(tmp_path):
 ])
 def test_bad_arguments_stop_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
-        train.main(["--smoke", *argv])
+        train.main(["--smoke", "--out", "unused", *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "quantum"], "'quantum' is not a device"),
+    (["--batch", "0"], "0 must be > 0"),
+    (["--weights", "/nonexistent"], "--weights: /nonexistent has no micro-ti2v/"),
+    (["--strength", "0.3"], "--strength is only read by --transfer"),
+    (["--grid", "--transfer"], "run one at a time"),
+])
+def test_evaluate_refuses_bad_arguments_before_any_render(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(argv)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

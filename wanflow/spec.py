@@ -245,7 +245,10 @@ def _as_approximations(value: Any, allowed: str) -> tuple[str, ...]:
         value = value.split(",")
     if not isinstance(value, (list, tuple, set)) or not all(isinstance(name, str) for name in value):
         raise ParameterError(f"{value!r} is not a list of names; {allowed}")
-    names = {name.strip() for name in value if name.strip()} - {"none"}  # "none": how a run's param says exact
+    names = {name.strip() for name in value if name.strip()}
+    if "none" in names and len(names) > 1:
+        raise ParameterError(f"'none' (exact) cannot be combined with {', '.join(sorted(names - {'none'}))}; {allowed}")
+    names -= {"none"}  # "none": how a run's param says exact
     unknown = sorted(names - set(APPROXIMATION_NAMES))
     if unknown:
         raise ParameterError(f"unknown {', '.join(map(repr, unknown))}; {allowed}")

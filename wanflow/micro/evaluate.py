@@ -22,11 +22,14 @@ import argparse
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from wanflow.micro.data import HELDOUT_PROMPTS, parse_prompt
+from wanflow.micro.train import device_argument, positive
+from wanflow.parameters import as_integer
 from wanflow.presets import Preset, get_preset
 from wanflow.quality import detect
 from wanflow.text import MAX_SEQUENCE_LENGTH
@@ -175,7 +178,6 @@ def transfer(device: str = "cpu", seeds=(0, 1, 2, 3), prompts: list[str] | None 
     (what "chance level" means for the start), and ``drafts_with_object``.
     """
     import tempfile
-    from pathlib import Path
 
     from wanflow.generate import generate
     from wanflow.loading import LoadOptions
@@ -259,11 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m wanflow.micro.evaluate",
         description="Held-out evaluation of the micro models: does a render show the prompt's background colour, "
                     "object colour and motion, as read back from its frames?")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--device", type=device_argument, default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
                         help="noise seeds; every held-out prompt renders once per seed (default 0 1 2 3)")
     parser.add_argument("--weights", help="folder with micro-ti2v/ and micro-a14b/ (default: the shipped weights)")
-    parser.add_argument("--batch", type=int, default=64, help="videos per pipeline call (default 64)")
+    parser.add_argument("--batch", type=positive(as_integer), default=64, help="videos per pipeline call (default 64)")
     parser.add_argument("--no-experts", action="store_true", help="skip micro-a14b's single-expert runs")
     parser.add_argument("--grid", action="store_true", help="held-out accuracy over a grid of flow_shift x guidance per model instead (how the presets' "
                              "settings were chosen)")
@@ -273,6 +275,15 @@ def main(argv: list[str] | None = None) -> int:
                                                              "(default: the kit's, 0.3)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    if args.grid and args.transfer:
+        parser.error("--grid and --transfer are two different measurements; run one at a time")
+    if args.strength is not None and not args.transfer:
+        parser.error("--strength is only read by --transfer")
+    if args.weights is not None:
+        missing = [n for n in ("micro-ti2v", "micro-a14b") if not (Path(args.weights) / n / "model_index.json").is_file()]
+        if missing:
+            parser.error(f"--weights: {args.weights} has no {missing[0]}/ (the --out of a training run)")
+    args.device = str(args.device)
     torch.set_grad_enabled(False)
     if args.transfer:
         results = transfer(args.device, tuple(args.seeds), strength=args.strength, weights=args.weights)

@@ -674,14 +674,14 @@ def run(
         stages = (f"--stage transformers --vaes {vaes_from}" + (f" --init {init_from}" if init_from else "")
                   + (" --only-a14b" if only_a14b else ""))
     record["reproduce"] = (f"python -m wanflow.micro.train --seed {seed} {stages} --lr {cfg.lr:g} "
-                           f"--num-clips {cfg.num_clips} --transformer-steps {result['steps']}")
+                           f"--num-clips {cfg.num_clips} --transformer-steps {result['steps']} --out {out}")
     sizes = save(assemble(models, vaes, cfg), out, seed, record)
     record["bytes"] = sizes
     log(f"[save] {out}: {sizes}; wall {record['wall_seconds']}s")
     return record
 
 
-def _positive(convert):
+def positive(convert):
     """An argparse ``type``: ``convert`` (:func:`wanflow.parameters.as_integer` or ``as_number``, the kit's own
     conversion rules) and a value > 0."""
     def parse(text: str):
@@ -697,13 +697,14 @@ def _positive(convert):
 
 def _steps_pair(text: str) -> list[int]:
     """``N`` or ``N,M``: VAE steps for both structures, or for ti2v-5b and t2v-a14b."""
-    parts = [_positive(as_integer)(v) for v in text.split(",")]
+    parts = [positive(as_integer)(v) for v in text.split(",")]
     if len(parts) not in (1, 2):
         raise argparse.ArgumentTypeError(f"{text!r}: give one number or two, 'ti2v,a14b'")
     return parts if len(parts) == 2 else parts * 2
 
 
-def _device(text: str) -> torch.device:
+def device_argument(text: str) -> torch.device:
+    """An argparse ``type``: a torch device this machine has (``cpu``, ``cuda``, ``cuda:N``)."""
     try:
         device = torch.device(text)
     except RuntimeError:
@@ -719,17 +720,19 @@ def main(argv: list[str] | None = None) -> int:
         description="Train the micro models (VAEs, text encoder, transformers) on procedural clips and save them "
                     "as Diffusers folders micro-ti2v/ and micro-a14b/.",
     )
-    parser.add_argument("--out", type=Path, default=WEIGHTS, help="folder that receives micro-ti2v/ and micro-a14b/")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder that receives micro-ti2v/ and micro-a14b/ (required: to replace the shipped "
+                             f"weights, name their folder, {WEIGHTS.relative_to(WEIGHTS.parents[2])})")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
-    parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
+    parser.add_argument("--device", type=device_argument, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu, cuda or cuda:N (default: cuda when there is one)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and two steps per stage (CPU, seconds)")
     parser.add_argument("--vae-steps", type=_steps_pair, help="VAE steps: one number, or 'ti2v,a14b'")
-    parser.add_argument("--transformer-steps", type=_positive(as_integer), help="joint text-encoder + transformer steps")
-    parser.add_argument("--num-clips", type=_positive(as_integer), help="encoded clips the transformers train on")
-    parser.add_argument("--vae-seconds", type=_positive(as_number),
+    parser.add_argument("--transformer-steps", type=positive(as_integer), help="joint text-encoder + transformer steps")
+    parser.add_argument("--num-clips", type=positive(as_integer), help="encoded clips the transformers train on")
+    parser.add_argument("--vae-seconds", type=positive(as_number),
                         help="stop each VAE stage by this wall time (budgeted runs)")
-    parser.add_argument("--transformer-seconds", type=_positive(as_number),
+    parser.add_argument("--transformer-seconds", type=positive(as_number),
                         help="stop the transformer stage by this wall time")
     parser.add_argument("--stage", choices=("all", "vae", "transformers"), default="all",
                         help="all (default); vae: train the VAEs only and save them to --out/vae-<structure>/; "
@@ -743,9 +746,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-a14b", action="store_true",
                         help="with --init: train micro-a14b's two experts alone; the text encoder and micro-ti2v "
                              "are kept as they are")
-    parser.add_argument("--lr", type=_positive(as_number), help=f"transformer peak learning rate (default {FULL.lr:g})")
-    parser.add_argument("--vae-lr", type=_positive(as_number), help=f"VAE learning rate (default {FULL.vae_lr:g})")
-    parser.add_argument("--vae-batch", type=_positive(as_integer), help=f"VAE clips per step (default {FULL.vae_batch})")
+    parser.add_argument("--lr", type=positive(as_number), help=f"transformer peak learning rate (default {FULL.lr:g})")
+    parser.add_argument("--vae-lr", type=positive(as_number), help=f"VAE learning rate (default {FULL.vae_lr:g})")
+    parser.add_argument("--vae-batch", type=positive(as_integer), help=f"VAE clips per step (default {FULL.vae_batch})")
     args = parser.parse_args(argv)
     if args.stage == "transformers" and args.vaes is None:
         parser.error("--stage transformers needs --vaes DIR (the --out of a --stage vae run)")
@@ -757,9 +760,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--only-a14b continues trained models: give --init DIR")
     if args.structure and args.stage != "vae":
         parser.error("--structure is only read by --stage vae (the other stages need both VAEs)")
-    for flag, folder, inside in (("--vaes", args.vaes, "vae-ti2v-5b"), ("--init", args.init, "micro-ti2v")):
-        if folder is not None and not (folder / inside).is_dir():
-            parser.error(f"{flag}: {folder} has no {inside}/ (the --out of an earlier "
+    needed = {"--vaes": ("vae-ti2v-5b/config.json", "vae-t2v-a14b/config.json"),
+              "--init": ("micro-ti2v/model_index.json", "micro-a14b/model_index.json")}
+    for flag, folder in (("--vaes", args.vaes), ("--init", args.init)):
+        missing = [f for f in needed[flag] if folder is not None and not (folder / f).is_file()]
+        if missing:
+            parser.error(f"{flag}: {folder} has no {missing[0]} (the --out of an earlier "
                          f"{'--stage vae' if flag == '--vaes' else 'training'} run)")
 
     cfg = SMOKE if args.smoke else FULL
