@@ -106,8 +106,13 @@ def test_stages_run_apart_and_continue(tmp_path):
     (["--stage", "transformers", "--vaes", "x", "--only-a14b"], "--only-a14b continues trained models"),
 ])
 def test_bad_arguments_stop_before_any_work(argv, message, capsys):
+    _refused(lambda: train.main(["--smoke", "--out", "unused", *argv]), message, capsys)
+
+
+def _refused(call, message: str, capsys) -> None:
+    """``call`` exits 2 with ``message`` on stderr and no traceback (argparse's way, before any work)."""
     with pytest.raises(SystemExit) as exit_:
-        train.main(["--smoke", "--out", "unused", *argv])
+        call()
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -121,11 +126,7 @@ def test_bad_arguments_stop_before_any_work(argv, message, capsys):
     (["--grid", "--transfer"], "run one at a time"),
 ])
 def test_evaluate_refuses_bad_arguments_before_any_render(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        evaluate.main(argv)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    _refused(lambda: evaluate.main(argv), message, capsys)
 
 
 def test_budget_plans_the_total_from_timed_steps(monkeypatch):
@@ -142,10 +143,6 @@ def test_budget_plans_the_total_from_timed_steps(monkeypatch):
 
 @pytest.mark.parametrize("strength", ["0", "1.5", "abc", "nan"])
 def test_transfer_strength_is_checked_before_any_render(strength, capsys):
-    from wanflow.micro import evaluate
-
-    with pytest.raises(SystemExit) as exit_:
-        evaluate.main(["--transfer", "--strength", strength])
-    assert exit_.value.code == 2 and "strength: " in capsys.readouterr().err
+    _refused(lambda: evaluate.main(["--transfer", "--strength", strength]), "strength: ", capsys)
     with pytest.raises(ValueError, match="strength: 2.0 is out of range"):
         evaluate.transfer(strength=2.0)

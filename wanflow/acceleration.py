@@ -201,7 +201,8 @@ def step_cache(experts: dict[str, torch.nn.Module], approximations: Iterable[str
 def accelerate(experts: dict[str, torch.nn.Module], device: torch.device, tokens: int, compile_blocks: bool,
                approximations: Iterable[str] = ()) -> dict[str, str]:
     """Apply the exact fast path and ``approximations`` to every expert (``transformer``, ``transformer_2``), in
-    place. Per-expert features must reach both experts of a two-expert model (``shared/RESEARCH.md`` §1).
+    place. Per-expert features must reach both experts of a two-expert model (``shared/RESEARCH.md`` §1). A step
+    cache among ``approximations`` only turns compilation off here; it is put on per render (:func:`step_cache`).
 
     Args:
         experts: the pipeline's transformers by name.

@@ -416,7 +416,7 @@ def train_transformers(
     params = []
     for name, m in models.items():
         m.to(device).train(name in trained).requires_grad_(name in trained)
-        params += [p for p in m.parameters()] if name in trained else []
+        params += list(m.parameters()) if name in trained else []
     contexts = None
     if only_a14b:  # a frozen encoder: every caption (and the empty one) encoded once, looked up per step
         with torch.no_grad(), _autocast(device):
