@@ -2,12 +2,13 @@
 
     python bench/run.py ti2v-720p ti2v-preview --out bench/results          # whole renders, both paths
     python bench/run.py a14b-720p a14b-480p --out bench/results             # per-forward timing, extrapolated
-    python bench/run.py ti2v-720p --approx first-block-cache --out bench/results
+    python bench/run.py ti2v-720p --approx fp8,taylorseer --no-plain --out bench/results   # an approximate mode
+    python bench/run.py a14b-720p --approx fp8,taylorseer      # A14B: approximate forwards, render extrapolated
 
 Plain diffusers: ``WanPipeline.__call__`` with every setting passed explicitly, bf16, diffusers' default attention
 (PyTorch SDPA), eager. wanflow: :func:`wanflow.generate.run_pipeline` on the same modules after
 :func:`wanflow.acceleration.accelerate` (the attention backend it picks, compiled blocks). Each case writes
-``<out>/<case>[-<approx>].json``; ``bench/report.py`` turns them into the table in ``BENCHMARKS.md``.
+``<out>/<case>[-<approx>].json``; the tables in ``BENCHMARKS.md`` are written from them.
 
 Cases (official settings, RESEARCH.md §1): ``ti2v-720p`` TI2V-5B 1280x704x121, 50 steps (the headline);
 ``ti2v-preview`` 640x352x49, 20 steps (the explore loop); ``a14b-720p`` / ``a14b-480p`` T2V-A14B 1280x720x81 /
@@ -31,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fullsize import build, forward_flops  # noqa: E402
-from wanflow.acceleration import accelerate  # noqa: E402
+from wanflow.acceleration import accelerate, taylorseer_full_steps  # noqa: E402
 from wanflow.generate import run_pipeline  # noqa: E402
 from wanflow.loading import LoadedPipeline, LoadOptions, ModelSource  # noqa: E402
 from wanflow.media import to_uint8  # noqa: E402
@@ -183,8 +184,11 @@ def whole_render(name: str, case: dict, pipe, approx: tuple[str, ...], ceiling: 
     return result
 
 
-def forward_only(name: str, case: dict, pipe, ceiling: float) -> dict:
-    """A14B: time each expert's forward, both paths; extrapolate the 40-step render."""
+def forward_only(name: str, case: dict, pipe, ceiling: float, approx: tuple[str, ...] = (),
+                 plain_too: bool = True) -> dict:
+    """A14B: time each expert's forward, plain and through ``accelerate`` (with ``approx``); extrapolate the
+    40-step render. Under ``taylorseer`` only the steps that run the blocks are counted
+    (:func:`wanflow.acceleration.taylorseer_full_steps`; the extrapolated steps cost a few elementwise ops)."""
     preset = get_preset(case["preset"])
     spec = RenderSpec(preset=preset.name, prompt=PROMPT, seed=0, width=case["width"], height=case["height"],
                       num_frames=case["num_frames"], num_inference_steps=case["steps"])
@@ -239,39 +243,45 @@ def forward_only(name: str, case: dict, pipe, ceiling: float) -> dict:
     plain_out = {}
     reset(experts)
     torch.cuda.reset_peak_memory_stats()
-    result["plain"] = {}
-    for expert_name, module in experts.items():
-        _, seconds, plain_out[expert_name] = time_expert(module)
-        result["plain"][f"s_per_forward_{expert_name}"] = seconds
-    result["plain"]["peak_gib_all_on_gpu"] = torch.cuda.max_memory_allocated() / 2**30  # T5 + both experts + one forward
-    result["plain"]["decode_s"], result["decode_extra_peak_gib"] = time_decode()
-    tags = accelerate(experts, device, tokens, True, ())
+    if plain_too:
+        result["plain"] = {}
+        for expert_name, module in experts.items():
+            _, seconds, plain_out[expert_name] = time_expert(module)
+            result["plain"][f"s_per_forward_{expert_name}"] = seconds
+        result["plain"]["peak_gib_all_on_gpu"] = torch.cuda.max_memory_allocated() / 2**30  # T5 + experts + a forward
+        result["plain"]["decode_s"], result["decode_extra_peak_gib"] = time_decode()
+    tags = accelerate(experts, device, tokens, True, approx)
     result["wanflow"] = dict(tags)
     for expert_name, module in experts.items():
         first, seconds, out = time_expert(module)
         result["wanflow"][f"s_per_forward_{expert_name}"] = seconds
         result["wanflow"][f"first_forward_s_{expert_name}"] = first  # includes compiling (once for both experts)
-        diff = (out.float() - plain_out[expert_name].float())
-        result["wanflow"][f"rel_error_{expert_name}"] = float(diff.norm() / plain_out[expert_name].float().norm())
+        if plain_too:
+            diff = (out.float() - plain_out[expert_name].float())
+            result["wanflow"][f"rel_error_{expert_name}"] = float(diff.norm() / plain_out[expert_name].float().norm())
     result["wanflow"]["decode_s_first"], _ = time_decode()  # includes cuDNN's one-off algorithm search
     result["wanflow"]["decode_s"], _ = time_decode()
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=spec.flow_shift)
     pipe.scheduler.set_timesteps(spec.num_inference_steps, device=device)
     high = int((pipe.scheduler.timesteps >= preset.boundary_ratio * 1000).sum())
     result["steps_per_expert"] = {"transformer": high, "transformer_2": spec.num_inference_steps - high}
+    full = {e: taylorseer_full_steps(n) if "taylorseer" in approx else n for e, n in result["steps_per_expert"].items()}
+    result["full_steps_per_expert"] = full
     result["param_gib"] = {name: sum(p.numel() * p.element_size() for p in module.parameters()) / 2**30
                            for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)}
-    for path in ("plain", "wanflow"):
+    for path in ("plain", "wanflow") if plain_too else ("wanflow",):
         r = result[path]
-        denoise = 2 * sum(result["steps_per_expert"][e] * r[f"s_per_forward_{e}"] for e in experts)
+        steps = result["steps_per_expert"] if path == "plain" else full
+        denoise = 2 * sum(steps[e] * r[f"s_per_forward_{e}"] for e in experts)
         r["denoise_s_extrapolated"] = denoise
         r["total_extrapolated"] = text_s + denoise + r["decode_s"]
         r["tflops"] = flops["total"] / 1e12 / r["s_per_forward_transformer"]
-    result["speedup_end_to_end"] = result["plain"]["total_extrapolated"] / result["wanflow"]["total_extrapolated"]
-    result["speedup_forward"] = result["plain"]["s_per_forward_transformer"] / result["wanflow"]["s_per_forward_transformer"]
-    print(f"[{name}] plain {result['plain']['s_per_forward_transformer']:.2f} s/forward, wanflow "
-          f"{result['wanflow']['s_per_forward_transformer']:.2f} ({tags}); render ~"
-          f"{result['plain']['total_extrapolated']:.0f} s -> {result['wanflow']['total_extrapolated']:.0f} s", flush=True)
+    if plain_too:
+        plain = result["plain"]
+        result["speedup_end_to_end"] = plain["total_extrapolated"] / result["wanflow"]["total_extrapolated"]
+        result["speedup_forward"] = plain["s_per_forward_transformer"] / result["wanflow"]["s_per_forward_transformer"]
+    print(f"[{name}] wanflow {result['wanflow']['s_per_forward_transformer']:.2f} s/forward ({tags}); render ~"
+          f"{result['wanflow']['total_extrapolated']:.0f} s; {json.dumps(result, default=str)}", flush=True)
     return result
 
 
@@ -279,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cases", nargs="+", choices=sorted(CASES))
     parser.add_argument("--out", default="bench/results", help="folder for <case>.json")
-    parser.add_argument("--approx", default="", help="approximations for whole-render cases, comma-separated")
-    parser.add_argument("--no-plain", action="store_true", help="skip the plain diffusers render (whole-render cases)")
+    parser.add_argument("--approx", default="", help="approximations, comma-separated (A14B cases: per-forward speed, "
+                        "render extrapolated over the steps that run)")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain diffusers path")
     parser.add_argument("--compile-only", action="store_true",
                         help="only accelerate + a 2-step render: the compile time of this process (run twice to "
                              "see Inductor's disk cache at work)")
@@ -307,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             if case["whole"]:
                 result = whole_render(name, case, pipe, approx, ceiling, not args.no_plain, args.compile_only)
             else:
-                result = forward_only(name, case, pipe, ceiling)
+                result = forward_only(name, case, pipe, ceiling, approx, not args.no_plain)
         except Exception as err:  # one broken case must not lose the others
             import traceback
 

@@ -103,27 +103,28 @@ def test_first_block_cache_skips_blocks_of_both_experts_and_is_tagged(store, tmp
 
 
 def test_taylorseer_runs_the_blocks_on_its_fixed_schedule_per_expert_and_leaves_nothing_behind(store, tmp_path):
-    """TaylorSeer (lite): every expert runs its blocks on its first max(3, ceil(0.3 N)) steps and then every 3rd
-    (N = the render's steps), cond and uncond; the cache is off again after the render, so a second render of the
-    same spec gives the same frames."""
-    import math
-
+    """TaylorSeer (lite): each expert runs its blocks on the first max(3, ceil(0.3 n)) of its own n steps and then
+    every 3rd, cond and uncond; the cache is off again after the render, so a second render of the same spec gives
+    the same frames."""
     import numpy as np
 
+    from wanflow.generate import expert_steps
+
     clear_cache()
-    steps_total = 12
-    spec = RenderSpec(preset="tiny-t2v-a14b", prompt=PROMPT, seed=3, num_inference_steps=steps_total,
+    spec = RenderSpec(preset="tiny-t2v-a14b", prompt=PROMPT, seed=3, num_inference_steps=24,
                       approximations=["taylorseer"])
     loaded = load_pipeline(spec.model, "t2v", LoadOptions(device="cpu"), spec.approximations)
     counts = {name: _attn_calls(getattr(loaded.pipe, name)) for name in ("transformer", "transformer_2")}
     first = wanflow.render(spec, options=LoadOptions(device="cpu"), tracking_uri=store, out_dir=tmp_path / "a",
                            progress=False)
-    warmup = max(3, math.ceil(acceleration.TAYLORSEER_WARMUP * steps_total))
-    assert warmup == 4
+    ran = {name: sum(1 for s in first.steps if s.expert == name) for name in counts}
+    assert expert_steps(loaded.pipe, spec) == ran and sum(ran.values()) == 24
+    assert [acceleration.taylorseer_warmup(n) for n in (4, 10, 11, 40)] == [3, 3, 4, 12]
+    # warm-up 15 of 50, then steps 16, 19, ..., 49 (BENCHMARKS.md); 8 of 14 (A14B 720p's low-noise expert)
+    assert acceleration.taylorseer_full_steps(50) == 27 and acceleration.taylorseer_full_steps(14) == 8
     for name, calls in counts.items():
-        ran = sum(1 for s in first.steps if s.expert == name)
-        full = sum(1 for k in range(ran) if k < warmup or (k - warmup - 1) % acceleration.TAYLORSEER_INTERVAL == 0)
-        assert ran > full or ran <= warmup, name  # something was skipped wherever the schedule allows it
+        full = acceleration.taylorseer_full_steps(ran[name])
+        assert ran[name] >= 6 and full < ran[name], (name, ran)  # both experts skip some of their steps
         assert calls[0] == 2 * full, (name, calls[0], ran)
         assert not getattr(loaded.pipe, name).is_cache_enabled
     again = wanflow.render(spec, options=LoadOptions(device="cpu"), tracking_uri=store, out_dir=tmp_path / "b",
@@ -133,6 +134,45 @@ def test_taylorseer_runs_the_blocks_on_its_fixed_schedule_per_expert_and_leaves_
     assert run.data.tags["approximations"] == "taylorseer" and run.data.tags["compiled"] == "false"
     with pytest.raises(ValueError, match="first-block-cache and taylorseer are both step caches; pick one"):
         RenderSpec(preset="tiny-ti2v", prompt=PROMPT, approximations="taylorseer,first-block-cache")
+    clear_cache()
+
+
+def test_step_cache_hooks_run_eagerly_around_compiled_blocks():
+    """compile_under_hooks: one compiled graph serves every block of both experts through a whole TaylorSeer render
+    (no recompiles from the cache's state), the skipped steps do not call it, and the frames are those of the
+    uncompiled render."""
+    import numpy as np
+
+    from wanflow.generate import run_pipeline
+
+    graphs, calls = [0], [0]
+
+    def counting_backend(graph, example_inputs):
+        graphs[0] += 1
+
+        def run(*args):
+            calls[0] += 1
+            return graph(*args)
+        return run
+
+    spec = RenderSpec(preset="tiny-t2v-a14b", prompt=PROMPT, seed=3, num_inference_steps=24,
+                      approximations=["taylorseer"])
+    frames = {}
+    for compiled in (False, True):
+        clear_cache()
+        loaded = load_pipeline(spec.model, "t2v", LoadOptions(device="cpu"), spec.approximations)
+        blocks = {}
+        if compiled:
+            for name in ("transformer", "transformer_2"):
+                expert = getattr(loaded.pipe, name)
+                blocks[name] = acceleration.compile_under_hooks(expert, backend=counting_backend, fullgraph=True)
+                assert blocks[name] == len(expert.blocks) >= 2
+        generation = run_pipeline(loaded, spec, progress=False)
+        frames[compiled] = generation.frames
+    ran = {name: sum(1 for s in generation.steps if s.expert == name) for name in blocks}
+    assert graphs[0] == 1
+    assert calls[0] == sum(2 * acceleration.taylorseer_full_steps(ran[name]) * blocks[name] for name in blocks)
+    assert np.allclose(frames[True].astype(int), frames[False].astype(int), atol=1)
     clear_cache()
 
 

@@ -192,3 +192,29 @@ def test_prompt_past_512_tokens_warns_and_is_recorded(tmp_path, store):
     short = wanflow.render(RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=1), out_dir=tmp_path / "s",
                            tracking_uri=store, progress=False)
     assert MlflowClient(store).get_run(short.run_id).data.tags["prompt_truncated"] == "false"
+
+
+def test_text_is_encoded_at_its_own_length_with_the_values_of_512_padded_tokens():
+    """encode_text reads only the longer text's tokens (not 512) and returns what diffusers computes from 512 padded
+    tokens: the micro models' trained UMT5 encoder, prompt and a longer negative prompt."""
+    from wanflow.generate import encode_text
+    from wanflow.loading import LoadOptions
+
+    pipe = load_pipeline(get_preset("micro-ti2v"), "t2v", LoadOptions(device="cpu")).pipe
+    prompt, negative = "a red circle moving left", "a blue square moving up on a green background, still"
+    seen = []
+    hook = pipe.text_encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    try:
+        ours = encode_text(pipe, prompt, negative, torch.device("cpu"))
+    finally:
+        hook.remove()
+    reference = pipe.encode_prompt(prompt=prompt, negative_prompt=negative, do_classifier_free_guidance=True,
+                                   max_sequence_length=512, device=torch.device("cpu"))
+    lengths = [len(pipe.tokenizer(text).input_ids) for text in (prompt, negative)]
+    assert lengths == [6, 12] and seen == [12, 12]  # both texts read at the longer one's length
+    for got, want, length in zip(ours, reference, lengths):
+        assert got.shape == want.shape == (1, 512, pipe.text_encoder.config.d_model)
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+        assert int(got[0].abs().sum(-1).gt(0).sum()) == length  # zeros past the text, as diffusers makes them
+    no_cfg = encode_text(pipe, prompt, None, torch.device("cpu"))
+    assert no_cfg[1] is None and torch.allclose(no_cfg[0], ours[0], atol=1e-5)

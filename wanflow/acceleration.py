@@ -16,8 +16,8 @@ Approximations (``RenderSpec.approximations``; they change the frames, so they a
 - ``first-block-cache``: diffusers' First Block Cache on every expert (threshold :data:`FIRST_BLOCK_CACHE_THRESHOLD`):
   a step whose first block's residual barely changed reuses the cached residual of the other blocks.
 - ``taylorseer``: diffusers' TaylorSeer cache (Liu et al. 2025, arXiv 2503.06923) in its lite form on every expert:
-  full forwards on the first :data:`TAYLORSEER_WARMUP` of the render's steps (each expert counts its own), then
-  one every :data:`TAYLORSEER_INTERVAL` steps; on the steps between, no block runs and the output of ``proj_out``
+  full forwards on the first :data:`TAYLORSEER_WARMUP` of each expert's own steps (at least 3), then one every
+  :data:`TAYLORSEER_INTERVAL` steps; on the steps between, no block runs and the output of ``proj_out``
   is extrapolated to first order from the last two full forwards. The skipped steps are fixed in advance, so the
   speed-up does not depend on the weights. Lite, because the full form keeps two feature maps per block per CFG
   branch: ~20 GiB for TI2V-5B 720p and over 100 GiB for an A14B expert.
@@ -26,8 +26,8 @@ Approximations (``RenderSpec.approximations``; they change the frames, so they a
 - ``sage-attention``: diffusers' ``sage`` backend (SageAttention >= 2.1.1, int8 QK / fp8 PV), when installed.
 
 The step caches (``first-block-cache``, ``taylorseer``) are put on the experts for one render at a time
-(:func:`step_cache`): TaylorSeer's schedule depends on the render's step count, and no cache state can leak from
-one render into the next.
+(:func:`step_cache`): TaylorSeer's schedule depends on each expert's step count, and no cache state can leak from
+one render into the next. Their hooks run eagerly around compiled blocks (:func:`compile_under_hooks`).
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ def check_approximations(names: Iterable[str], device: torch.device) -> None:
 
 
 def step_cache_config(approximations: Iterable[str], steps: int):
-    """The diffusers cache config of the step cache among ``approximations`` for a render of ``steps`` denoising
-    steps, or None when there is none."""
+    """The diffusers cache config of the step cache among ``approximations`` for an expert that runs ``steps``
+    denoising steps of a render, or None when there is none."""
     approximations = set(approximations)
     if "first-block-cache" in approximations:
         from diffusers import FirstBlockCacheConfig
@@ -177,32 +177,68 @@ def step_cache_config(approximations: Iterable[str], steps: int):
         from diffusers import TaylorSeerCacheConfig
 
         return TaylorSeerCacheConfig(cache_interval=TAYLORSEER_INTERVAL, max_order=1, use_lite_mode=True,
-                                     disable_cache_before_step=max(3, math.ceil(TAYLORSEER_WARMUP * steps)))
+                                     disable_cache_before_step=taylorseer_warmup(steps))
     return None
 
 
+def taylorseer_warmup(steps: int) -> int:
+    """Full forwards before TaylorSeer starts skipping, for an expert that runs ``steps`` steps:
+    ``max(3, ceil(TAYLORSEER_WARMUP * steps))``."""
+    return max(3, math.ceil(TAYLORSEER_WARMUP * steps))
+
+
+def taylorseer_full_steps(steps: int) -> int:
+    """How many of an expert's ``steps`` run its blocks under ``taylorseer``: the warm-up, then one every
+    :data:`TAYLORSEER_INTERVAL` (the schedule of diffusers' ``TaylorSeerCacheHook``; checked against the blocks'
+    calls in the tests). TI2V-5B at 50 steps: 27."""
+    warmup = taylorseer_warmup(steps)
+    return sum(1 for k in range(steps) if k < warmup or (k - warmup - 1) % TAYLORSEER_INTERVAL == 0)
+
+
 @contextlib.contextmanager
-def step_cache(experts: dict[str, torch.nn.Module], approximations: Iterable[str], steps: int):
-    """Put the step cache among ``approximations`` (if any) on every expert for one render of ``steps`` steps, and
-    take it off afterwards, also when the render fails."""
-    config = step_cache_config(approximations, steps)
-    if config is None:
-        yield
-        return
-    for expert in experts.values():
-        expert.enable_cache(config)
+def step_cache(experts: dict[str, torch.nn.Module], approximations: Iterable[str], steps: dict[str, int]):
+    """Put the step cache among ``approximations`` (if any) on every expert for one render, and take it off
+    afterwards, also when the render fails. ``steps``: the denoising steps each expert runs in this render
+    (:func:`wanflow.generate.expert_steps`); TaylorSeer's warm-up is counted per expert from them."""
+    approximations = tuple(approximations)
+    enabled = []
     try:
+        for name, expert in experts.items():
+            config = step_cache_config(approximations, steps.get(name, 0))
+            if config is not None:
+                expert.enable_cache(config)
+                enabled.append(expert)
         yield
     finally:
-        for expert in experts.values():
+        for expert in enabled:
             expert.disable_cache()
+
+
+def compile_under_hooks(expert: torch.nn.Module, **compile_options) -> int:
+    """Compile the ``forward`` of each of ``expert``'s repeated blocks (the classes in ``_repeated_blocks``, as
+    diffusers' ``compile_repeated_blocks``), in place; returns how many blocks. Used when a step cache will be put
+    on: diffusers' hooks replace a module's ``forward`` and call the one they replaced, so the cache's hooks then
+    run eagerly around compiled blocks. (``compile_repeated_blocks`` compiles the module call, hooks included:
+    with a cache's per-step Python state that recompiled until the 2-minute limit on one H200.) One compiled
+    graph serves every block of every expert (tested with a counting backend).
+
+    Args:
+        expert: a diffusers transformer with ``_repeated_blocks``.
+        compile_options: passed to ``torch.compile`` (e.g. ``fullgraph=True``, ``backend=...``).
+    """
+    names = set(expert._repeated_blocks)
+    blocks = [module for module in expert.modules() if type(module).__name__ in names]
+    for block in blocks:
+        block.forward = torch.compile(block.forward, **compile_options)
+    return len(blocks)
 
 
 def accelerate(experts: dict[str, torch.nn.Module], device: torch.device, tokens: int, compile_blocks: bool,
                approximations: Iterable[str] = ()) -> dict[str, str]:
     """Apply the exact fast path and ``approximations`` to every expert (``transformer``, ``transformer_2``), in
     place. Per-expert features must reach both experts of a two-expert model (``shared/RESEARCH.md`` §1). A step
-    cache among ``approximations`` only turns compilation off here; it is put on per render (:func:`step_cache`).
+    cache among ``approximations`` is put on per render (:func:`step_cache`); with one, the blocks are compiled
+    beneath its hooks (:func:`compile_under_hooks`).
 
     Args:
         experts: the pipeline's transformers by name.
@@ -231,15 +267,14 @@ def accelerate(experts: dict[str, torch.nn.Module], device: torch.device, tokens
 
         for expert in experts.values():
             quantize_(expert, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-    # A step cache's hooks wrap the blocks and keep Python state between steps, which compiled blocks keep
-    # recompiling on: on one H200 a compiled TI2V-5B 720p render with First Block Cache had not finished after 2
-    # minutes (exact path: 102 s). So a cached render runs its blocks eagerly.
-    compile_blocks = compile_blocks and not cached
     for expert in experts.values():
         expert.set_attention_backend(backend)
         if compile_blocks:
             use_inductor_cache()
-            expert.compile_repeated_blocks(fullgraph=True)
+            if cached:
+                compile_under_hooks(expert, fullgraph=True)
+            else:
+                expert.compile_repeated_blocks(fullgraph=True)
     if compile_blocks:
         # cuDNN times its convolution algorithms once per shape: the VAE decodes 3-4% faster (module docstring)
         torch.backends.cudnn.benchmark = True

@@ -95,6 +95,58 @@ def _set_flow_shift(pipe, flow_shift: float) -> None:
         pipe.scheduler = type(pipe.scheduler).from_config(config, **{key: flow_shift})
 
 
+def encode_text(pipe, prompt: str, negative_prompt: str | None, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """UMT5 embeddings of ``prompt`` and (when not None) ``negative_prompt``, each (1, 512, text width), encoded on
+    ``device`` with the pipeline's own ``encode_prompt``: the values diffusers passes to the transformer.
+
+    Wan pads every text to 512 tokens (``text_len`` in ``wan/configs/shared_config.py``), encodes all 512, then
+    keeps each text's own tokens and sets the rest to zero. The encoder masks the padding out of self-attention and
+    T5's position bias is relative, so the real tokens' outputs do not depend on the padding: here the encoder reads
+    only as many tokens as the longer text has, and the zeros are added after. Same values up to kernel rounding
+    (tested on the micro models), and a 512-token encode is skipped: UMT5-XXL on the CPU (``--t5-cpu``) took 20 s
+    for a 512-token prompt and negative prompt on a 16-core host (BENCHMARKS.md, Memory modes).
+    """
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+    texts = [prompt] + ([negative_prompt] if negative_prompt is not None else [])
+    length = min(MAX_SEQUENCE_LENGTH, max(len(pipe.tokenizer(prompt_clean(t)).input_ids) for t in texts))
+    with torch.no_grad():
+        embeds, negative = pipe.encode_prompt(prompt=prompt, negative_prompt=negative_prompt,
+                                              do_classifier_free_guidance=negative_prompt is not None,
+                                              max_sequence_length=length, device=device)
+
+    def padded(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else torch.nn.functional.pad(x, (0, 0, 0, MAX_SEQUENCE_LENGTH - x.shape[1]))
+
+    return padded(embeds), padded(negative)
+
+
+def expert_steps(pipe, spec: RenderSpec) -> dict[str, int]:
+    """How many denoising steps each expert (``transformer``, ``transformer_2``) runs in a render of ``spec`` on
+    ``pipe``, from a copy of its scheduler: the timesteps at or above the boundary go to ``transformer``, as in
+    diffusers' Wan pipelines; a video-to-video render runs the last ``strength`` of them. One-expert models: all
+    steps are ``transformer``'s."""
+    import copy
+
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(spec.num_inference_steps, device="cpu")
+    timesteps = scheduler.timesteps
+    if spec.task == "v2v":
+        timesteps, _ = pipe.get_timesteps(spec.num_inference_steps, timesteps, spec.strength, "cpu")
+    experts = experts_of(pipe)
+    holder = pipe.transformer if spec.task == "v2v" else None
+    if holder is not None:
+        boundary = holder.boundary_timestep
+    else:
+        ratio = pipe.config.get("boundary_ratio")
+        boundary = ratio * scheduler.config.num_train_timesteps if ratio else None
+    if boundary is None or "transformer_2" not in experts:
+        return {"transformer": len(timesteps)}
+    high = int((timesteps >= boundary).sum())
+    return {"transformer": high, "transformer_2": len(timesteps) - high}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -169,14 +221,8 @@ def run_pipeline(
                 stacklevel=2,
             )
     started = time.perf_counter()
-    with torch.no_grad():
-        prompt_embeds, negative_embeds = pipe.encode_prompt(
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt,
-            do_classifier_free_guidance=do_cfg,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
-            device=text_device,
-        )
+    prompt_embeds, negative_embeds = encode_text(pipe, spec.prompt, (spec.negative_prompt or "") if do_cfg else None,
+                                                 text_device)
     prompt_embeds = prompt_embeds.to(device)
     negative_embeds = negative_embeds.to(device) if negative_embeds is not None else None
     _sync(device)
@@ -239,7 +285,7 @@ def run_pipeline(
             call["image"] = img.convert("RGB")
     started = time.perf_counter()
     try:
-        with guided, step_cache(experts_of(pipe), spec.approximations, total):
+        with guided, step_cache(experts_of(pipe), spec.approximations, expert_steps(pipe, spec)):
             output = pipe(**call)
     finally:
         bar.close()

@@ -173,7 +173,9 @@ def transfer(device: str = "cpu", seeds=(0, 1, 2, 3), prompts: list[str] | None 
     :data:`wanflow.transfer.DEFAULT_STRENGTH`) and a ``fresh`` final (same prompt, its own seed ``seed + 1000``).
 
     Returns, for ``draft-v2v`` and ``fresh``, the fraction (0..1) of finals whose detected object colour, motion and
-    start (within :data:`START_TOLERANCE`) match the draft's, and ``all`` three; plus ``start_chance``: how often
+    start (within :data:`START_TOLERANCE`) match the draft's, and ``all`` three, over all drafts with an object and
+    (``"<mode> (adherent drafts)"``) over the drafts that show their prompt's background, colour and motion, the
+    ones a user would lock; plus ``start_chance``: how often
     the start of a draft matches the start of a draft of another prompt-seed pair with the same detected motion
     (what "chance level" means for the start), and ``drafts_with_object``.
     """
@@ -209,12 +211,14 @@ def transfer(device: str = "cpu", seeds=(0, 1, 2, 3), prompts: list[str] | None 
                                             strength=strength),
                     "fresh": RenderSpec(preset="micro-a14b", prompt=prompt, seed=seed + 1000),
                 }
+                adherent = score(draft.frames, prompt)["all"]  # a draft a user would lock
                 for mode, spec in finals.items():
                     final = generate(spec, options["micro-a14b"], progress=False)
-                    rows[mode].append(_kept(detect(final.frames), found))
+                    rows[mode].append(_kept(detect(final.frames), found) | {"adherent": adherent})
             log(f"[transfer] seed {seed}: {len(drafts)} drafts so far, {time.perf_counter() - started:.0f}s")
     pairs = [(a, b) for i, a in enumerate(drafts) for b in drafts[i + 1:] if a.direction == b.direction]
     keys = ("colour", "motion", "start", "all")
+    rows |= {f"{mode} (adherent drafts)": [r for r in rs if r["adherent"]] for mode, rs in rows.items()}
     result = {mode: {k: round(float(np.mean([r[k] for r in rs])), 4) if rs else None for k in keys} | {"n": len(rs)}
               for mode, rs in rows.items()}
     result["start_chance"] = round(float(np.mean([_kept(a, b)["start"] for a, b in pairs])), 4) if pairs else None
