@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--approx", default="first-block-cache")
     parser.add_argument("--presets", default="micro-ti2v,micro-a14b")
     parser.add_argument("--prompts", type=int, default=4, help="first N held-out prompts")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPUs), float32, bfloat16; "
+                        "fp8 needs bfloat16")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     from bench.run import psnr
@@ -35,12 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     from wanflow.quality import adherence
     from wanflow.spec import RenderSpec
 
-    options = LoadOptions(device=args.device)
+    options = LoadOptions(device=args.device, dtype=args.dtype)
     rows = []
     for preset in args.presets.split(","):
         for approximations in ((), tuple(args.approx.split(","))):
             for prompt in HELDOUT_PROMPTS[: args.prompts]:
-                spec = RenderSpec(preset=preset, prompt=prompt, seed=0, approximations=approximations)
+                spec = RenderSpec(preset=preset, prompt=prompt, seed=0, approximations=approximations,
+                                  num_inference_steps=args.steps)
                 started = time.perf_counter()
                 frames = generate(spec, options, progress=False).frames
                 rows.append({"preset": preset, "approx": ",".join(approximations) or "exact", "prompt": prompt,
@@ -56,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             "adherence_approx": float(np.mean([r["adherence"] for r in approx])),
             "seconds_exact": float(np.mean([r["seconds"] for r in exact])),
             "seconds_approx": float(np.mean([r["seconds"] for r in approx])),
-            "prompts": len(exact), "device": args.device, "approx": args.approx,
+            "prompts": len(exact), "device": args.device, "dtype": args.dtype, "approx": args.approx,
+            "steps": args.steps or "preset",
         }
     print(json.dumps(summary, indent=1))
     if args.out:

@@ -17,7 +17,7 @@ Approximations (``RenderSpec.approximations``; they change the frames, so they a
   a step whose first block's residual barely changed reuses the cached residual of the other blocks.
 - ``taylorseer``: diffusers' TaylorSeer cache (Liu et al. 2025, arXiv 2503.06923) in its lite form on every expert:
   full forwards on the first :data:`TAYLORSEER_WARMUP` of each expert's own steps (at least 3), then one every
-  :data:`TAYLORSEER_INTERVAL` steps; on the steps between, no block runs and the output of ``proj_out``
+  :data:`TAYLORSEER_INTERVAL` steps (an expert with fewer than :data:`TAYLORSEER_MIN_STEPS` steps runs them all); on the steps between, no block runs and the output of ``proj_out``
   is extrapolated to first order from the last two full forwards. The skipped steps are fixed in advance, so the
   speed-up does not depend on the weights. Lite, because the full form keeps two feature maps per block per CFG
   branch: ~20 GiB for TI2V-5B 720p and over 100 GiB for an A14B expert.
@@ -57,6 +57,12 @@ FIRST_BLOCK_CACHE_THRESHOLD = 0.05
 #: kept adherence at 0.92 (PSNR 33 dB) on micro-ti2v and at the exact value, 1.0 (PSNR 35 dB), on micro-a14b
 #: (``bench/approx_quality.py --approx taylorseer --prompts 8``).
 TAYLORSEER_WARMUP, TAYLORSEER_INTERVAL = 0.3, 3
+#: An expert with fewer steps than this runs them all in full under ``taylorseer``. With the warm-up counted per
+#: expert, micro-a14b lost its prompt when its experts ran 9 / 11 steps (20-step render: PSNR 15.8 dB against
+#: exact, adherence 0.58) or 11 / 13 (24 steps: 21.4 dB, 0.75), and kept it at 12 / 16 (28 steps: 35.4 dB, 1.0) and
+#: 17 / 23 (40 steps: 37.2 dB, 1.0); with this minimum, 24 steps gives 30.3 dB, 1.0 (8 held-out prompts,
+#: ``bench/results/quality-taylorseer-steps.json``).
+TAYLORSEER_MIN_STEPS = 12
 #: Most tokens used when timing attention kernels (the ranking is stable past a few thousand tokens; this keeps the
 #: one-off measurement under a few seconds even for A14B 720p, 75,600 tokens).
 MAX_TIMED_TOKENS = 32768
@@ -138,18 +144,22 @@ def pick_attention(device: torch.device, heads: int, head_dim: int, tokens: int,
     return best, seconds
 
 
-def check_approximations(names: Iterable[str], device: torch.device) -> None:
-    """Refuse approximations this machine cannot run, before any model work.
+def check_approximations(names: Iterable[str], device: torch.device, dtype: torch.dtype | None = None) -> None:
+    """Refuse approximations this machine (or the chosen ``dtype`` of the weights) cannot run, before any model work.
 
     Raises:
         ValueError: ``approximations: ...`` naming what is missing (``fp8`` and ``sage-attention`` need a CUDA
-            GPU; ``fp8`` compute capability >= 8.9 and torchao; ``sage-attention`` SageAttention >= 2.1.1).
+            GPU; ``fp8`` bfloat16 weights, compute capability >= 8.9 and torchao; ``sage-attention``
+            SageAttention >= 2.1.1).
     """
     names = set(names)
     gpu_only = sorted(names & {"fp8", "sage-attention"})
     if gpu_only and device.type != "cuda":
         raise ValueError(f"approximations: {', '.join(gpu_only)} run on CUDA GPUs only; this render runs on "
                          f"{device.type} (drop them, or use --device cuda)")
+    if "fp8" in names and dtype is not None and dtype != torch.bfloat16:
+        raise ValueError(f"approximations: fp8 quantizes bfloat16 weights; this render loads "
+                         f"{str(dtype).removeprefix('torch.')} (use --dtype bfloat16, the GPU default)")
     if "fp8" in names:
         major, minor = torch.cuda.get_device_capability(device)
         if (major, minor) < (8, 9):
@@ -165,6 +175,17 @@ def check_approximations(names: Iterable[str], device: torch.device) -> None:
                              "(built for this GPU: see github.com/thu-ml/SageAttention)")
 
 
+def fp8_layer(module: torch.nn.Module, name: str = "") -> bool:
+    """Which layers ``fp8`` quantizes (``name``: the layer's path in the expert): the bfloat16 ``nn.Linear``
+    layers inside the transformer blocks (``blocks.N...``, where the FLOPs are) whose in and out features are
+    multiples of 16 (``torch._scaled_mm``'s requirement). The embedders and ``proj_out`` stay bfloat16:
+    quantizing them too turned every micro-model frame to NaN (H200, 2026-11-29), blocks only gives PSNR 34.6 /
+    35.4 dB against exact bfloat16 with prompt adherence unchanged (micro-ti2v / micro-a14b; BENCHMARKS.md).
+    Layers diffusers keeps in float32 (``_keep_in_fp32_modules``) are left alone as well."""
+    return (name.startswith("blocks.") and isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.bfloat16
+            and module.in_features % 16 == 0 and module.out_features % 16 == 0)
+
+
 def step_cache_config(approximations: Iterable[str], steps: int):
     """The diffusers cache config of the step cache among ``approximations`` for an expert that runs ``steps``
     denoising steps of a render, or None when there is none."""
@@ -173,7 +194,7 @@ def step_cache_config(approximations: Iterable[str], steps: int):
         from diffusers import FirstBlockCacheConfig
 
         return FirstBlockCacheConfig(threshold=FIRST_BLOCK_CACHE_THRESHOLD)
-    if "taylorseer" in approximations:
+    if "taylorseer" in approximations and steps >= TAYLORSEER_MIN_STEPS:
         from diffusers import TaylorSeerCacheConfig
 
         return TaylorSeerCacheConfig(cache_interval=TAYLORSEER_INTERVAL, max_order=1, use_lite_mode=True,
@@ -190,7 +211,9 @@ def taylorseer_warmup(steps: int) -> int:
 def taylorseer_full_steps(steps: int) -> int:
     """How many of an expert's ``steps`` run its blocks under ``taylorseer``: the warm-up, then one every
     :data:`TAYLORSEER_INTERVAL` (the schedule of diffusers' ``TaylorSeerCacheHook``; checked against the blocks'
-    calls in the tests). TI2V-5B at 50 steps: 27."""
+    calls in the tests); all of them below :data:`TAYLORSEER_MIN_STEPS`. TI2V-5B at 50 steps: 27."""
+    if steps < TAYLORSEER_MIN_STEPS:
+        return steps
     warmup = taylorseer_warmup(steps)
     return sum(1 for k in range(steps) if k < warmup or (k - warmup - 1) % TAYLORSEER_INTERVAL == 0)
 
@@ -266,7 +289,7 @@ def accelerate(experts: dict[str, torch.nn.Module], device: torch.device, tokens
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
         for expert in experts.values():
-            quantize_(expert, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+            quantize_(expert, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fp8_layer)
     for expert in experts.values():
         expert.set_attention_backend(backend)
         if compile_blocks:
