@@ -52,6 +52,8 @@ def test_readme_demo_render_makes_a_video_and_a_run(tmp_path):
     assert row["run_id"] == lines["run_id"].strip() and row["status"] == "FINISHED" and row["prompt"] == PROMPT
     table = run_cli("history", cwd=tmp_path).stdout
     assert row["run_id"][:12] in table and "FINISHED" in table
+    header = table.splitlines()[0].split()
+    assert "approximations" in header and table.splitlines()[1].split()[header.index("approximations")] == "none"
 
 
 def test_render_respects_tracking_uri_env_and_spec_rerender(tmp_path, store):

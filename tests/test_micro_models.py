@@ -69,6 +69,19 @@ def test_heldout_accuracy_two_experts_and_each_alone():
     clear_cache()
 
 
+def test_transfer_measures_what_finals_keep_of_all_and_of_adherent_drafts():
+    """evaluate.transfer on two held-out prompts: a draft-v2v and a fresh final per draft, rates over all drafts and
+    over those that show their prompt (both do here). The colour always carries; a fresh final (another seed) keeps
+    the start no better than draft-v2v does."""
+    result = evaluate.transfer(seeds=(0,), prompts=HELDOUT_PROMPTS[:2], log=lambda *_: None)
+    assert result["drafts_with_object"] == "2/2" and result["strength"] == 0.3
+    for mode in ("draft-v2v", "fresh"):
+        assert result[mode]["n"] == result[f"{mode} (adherent drafts)"]["n"] == 2
+        assert result[mode]["colour"] == 1.0
+        assert result[mode]["all"] <= min(result[mode]["motion"], result[mode]["start"])
+    assert result["fresh"]["start"] <= result["draft-v2v"]["start"]
+
+
 def test_words_outside_the_vocabulary_are_named():
     from wanflow.text import build_tokenizer, unknown_words
 

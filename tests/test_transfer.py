@@ -95,6 +95,11 @@ def test_video_to_video_runs_the_expert_of_each_timestep(locked, monkeypatch, st
         assert seen[0][1] >= boundary and experts[0] == "transformer" and "transformer_2" in experts
         assert experts == sorted(experts)
     assert generation.pipeline_class == "WanVideoToVideoPipeline"
+    # what the step caches are sized by, computed before the render, matches what ran
+    from wanflow.generate import expert_steps
+
+    counted = {name: experts.count(name) for name in ("transformer", "transformer_2") if name in experts}
+    assert {k: v for k, v in expert_steps(load_pipeline(preset, "v2v").pipe, spec).items() if v} == counted
 
 
 def test_input_frames_keep_duration_and_take_the_final_size(locked):

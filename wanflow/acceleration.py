@@ -17,8 +17,9 @@ Approximations (``RenderSpec.approximations``; they change the frames, so they a
   a step whose first block's residual barely changed reuses the cached residual of the other blocks.
 - ``taylorseer``: diffusers' TaylorSeer cache (Liu et al. 2025, arXiv 2503.06923) in its lite form on every expert:
   full forwards on the first :data:`TAYLORSEER_WARMUP` of each expert's own steps (at least 3), then one every
-  :data:`TAYLORSEER_INTERVAL` steps (an expert with fewer than :data:`TAYLORSEER_MIN_STEPS` steps runs them all); on the steps between, no block runs and the output of ``proj_out``
-  is extrapolated to first order from the last two full forwards. The skipped steps are fixed in advance, so the
+  :data:`TAYLORSEER_INTERVAL` steps (an expert with fewer than :data:`TAYLORSEER_MIN_STEPS` steps runs them all);
+  on the steps between, no block runs and the output of ``proj_out`` is extrapolated to first order from the last
+  two full forwards. The skipped steps are fixed in advance, so the
   speed-up does not depend on the weights. Lite, because the full form keeps two feature maps per block per CFG
   branch: ~20 GiB for TI2V-5B 720p and over 100 GiB for an A14B expert.
 - ``fp8``: torchao float8 dynamic activation + float8 per-row weight quantization of every expert's linear layers
@@ -51,11 +52,11 @@ EXACT_ATTENTION = ("_flash_3", "flash", "_native_cudnn", "_native_flash", "_nati
 #: diffusers' default First Block Cache threshold (``FirstBlockCacheConfig``): mean absolute relative change of the
 #: first block's residual below which a step reuses the cache.
 FIRST_BLOCK_CACHE_THRESHOLD = 0.05
-#: TaylorSeer: full forwards on the first TAYLORSEER_WARMUP of the steps (at least 3), then one every
-#: TAYLORSEER_INTERVAL steps. diffusers' defaults (3 steps, every 5th) broke the micro models at 20 steps: PSNR
-#: 12 dB against exact, adherence 0.38 vs 1.0 (micro-ti2v, 8 held-out prompts, CPU); warm-up 30% and every 3rd
-#: kept adherence at 0.92 (PSNR 33 dB) on micro-ti2v and at the exact value, 1.0 (PSNR 35 dB), on micro-a14b
-#: (``bench/approx_quality.py --approx taylorseer --prompts 8``).
+#: TaylorSeer: full forwards on the first TAYLORSEER_WARMUP of an expert's steps (at least 3), then one every
+#: TAYLORSEER_INTERVAL steps. diffusers' defaults (3 steps, every 5th) broke micro-ti2v at 20 steps: PSNR 12 dB
+#: against exact, adherence 0.38 vs 1.0 (8 held-out prompts, CPU); warm-up 30% and every 3rd kept adherence at
+#: 0.92 (PSNR 33 dB) (``bench/approx_quality.py --approx taylorseer --prompts 8``). micro-a14b: see
+#: TAYLORSEER_MIN_STEPS.
 TAYLORSEER_WARMUP, TAYLORSEER_INTERVAL = 0.3, 3
 #: An expert with fewer steps than this runs them all in full under ``taylorseer``. With the warm-up counted per
 #: expert, micro-a14b lost its prompt when its experts ran 9 / 11 steps (20-step render: PSNR 15.8 dB against

@@ -162,7 +162,7 @@ def _history(args: argparse.Namespace) -> int:
         print("no renders yet: try `wanflow render \"a red circle moving left on a blue background\"`")
         return 0
     columns = [c for c in ("run_id", "status", "stage", "preset", "seed", "num_inference_steps", "width", "height",
-                           "num_frames", "total_s", "denoise_s", "adherence", "prompt") if c in frame]
+                           "num_frames", "approximations", "total_s", "denoise_s", "adherence", "prompt") if c in frame]
     view = frame[columns].copy()
     if "prompt" in view:
         view["prompt"] = view["prompt"].str.replace("\n", " ").str.slice(0, 50)

@@ -104,8 +104,8 @@ def encode_text(pipe, prompt: str, negative_prompt: str | None, device: torch.de
     keeps each text's own tokens and sets the rest to zero. The encoder masks the padding out of self-attention and
     T5's position bias is relative, so the real tokens' outputs do not depend on the padding: here the encoder reads
     only as many tokens as the longer text has, and the zeros are added after. Same values up to kernel rounding
-    (tested on the micro models), and a 512-token encode is skipped: UMT5-XXL on the CPU (``--t5-cpu``) took 20 s
-    for a 512-token prompt and negative prompt on a 16-core host (BENCHMARKS.md, Memory modes).
+    (tested on the micro models), at a fraction of the cost: UMT5-XXL on the CPU (``--t5-cpu``, 32-core host) took
+    20.1 s for a prompt and negative prompt at 512 tokens, 11.2 s at 128 (BENCHMARKS.md, Memory modes).
     """
     from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 

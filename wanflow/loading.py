@@ -118,8 +118,8 @@ class LoadOptions:
 #: Memory modes, as the LoadOptions flags they set, in the order :func:`plan_memory` tries them: the order of the
 #: GPU memory they keep, which is assumed to be the order of speed. Measured time costs on one H200 (BENCHMARKS.md):
 #: ``t5-cpu`` adds the text encoding on the CPU (UMT5-XXL, TI2V-5B's prompt pair: 11.2 s at their own length,
-#: 20.1 s at 512 tokens; 13.3 s at 512 in the A14B run); group offload with VAE tiling made an A14B 720p step 3.4% slower (25.6 s vs 24.7 s). Model offload's step
-#: time is not measured cleanly yet.
+#: 20.1 s at 512 tokens; 13.3 s at 512 in the A14B run); group offload with VAE tiling made an A14B 720p step
+#: 3.4% slower (25.6 s vs 24.7 s). Model offload's step time is not measured cleanly yet.
 MEMORY_MODES = {
     "none": {},
     "t5-cpu": {"t5_cpu": True},
