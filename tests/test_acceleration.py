@@ -35,7 +35,7 @@ def test_approximations_are_a_set_in_the_spec_and_leave_old_ids_alone():
 
 def test_gpu_only_approximations_are_refused_on_cpu_before_a_run(store, tmp_path):
     spec = RenderSpec(preset="tiny-ti2v", prompt=PROMPT, seed=1, approximations=["fp8"])
-    with pytest.raises(ValueError, match=r"approximations: fp8 run on CUDA GPUs only"):
+    with pytest.raises(ValueError, match=r"approximations: fp8 runs on CUDA GPUs only"):
         wanflow.render(spec, options=LoadOptions(device="cpu"), tracking_uri=store, out_dir=tmp_path / "out")
     assert wanflow.history(store).empty
     assert not (tmp_path / "out").exists()
@@ -156,6 +156,7 @@ def test_taylorseer_runs_the_blocks_on_its_fixed_schedule_per_expert_and_leaves_
     assert np.array_equal(first.frames, again.frames)
     run = __import__("mlflow").MlflowClient(store).get_run(first.run_id)
     assert run.data.tags["approximations"] == "taylorseer" and run.data.tags["compiled"] == "false"
+    assert run.data.tags["taylorseer_full_steps"] == "transformer:9/16,transformer_2:8/8"  # what ran, per expert
     with pytest.raises(ValueError, match="first-block-cache and taylorseer are both step caches; pick one"):
         RenderSpec(preset="tiny-ti2v", prompt=PROMPT, approximations="taylorseer,first-block-cache")
     clear_cache()

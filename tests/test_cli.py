@@ -143,11 +143,12 @@ def test_bad_tracking_uris_fail_fast_and_leave_nothing(tmp_path, capsys, monkeyp
 
 
 def test_bad_numbers_for_history_and_ui_are_argparse_errors(capsys):
-    for argv in (["history", "--limit", "0"], ["ui", "--port", "99999"]):
+    for argv in (["history", "--limit", "0"], ["history", "--limit", "abc"], ["ui", "--port", "99999"]):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(argv)
         assert exit_info.value.code == 2
-    assert "is not a TCP port" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is not a TCP port" in err and "argument --limit: 'abc' is not a positive integer" in err
 
 
 def test_ui_binds_to_localhost_and_opens_the_runs_table(tmp_path, monkeypatch, capsys, store):
@@ -164,3 +165,6 @@ def test_ui_binds_to_localhost_and_opens_the_runs_table(tmp_path, monkeypatch, c
 def test_history_is_friendly_when_empty(tmp_path, capsys, store):
     assert cli.main(["history", "--tracking-uri", store]) == 0
     assert "no renders yet" in capsys.readouterr().out
+    assert cli.main(["history", "--tracking-uri", store, "--stage", "final"]) == 0
+    assert "no finals yet: lock a draft" in capsys.readouterr().out
+

@@ -124,6 +124,9 @@ def _refused(call, message: str, capsys) -> None:
     (["--weights", "/nonexistent"], "--weights: /nonexistent has no micro-ti2v/"),
     (["--strength", "0.3"], "--strength is only read by --transfer"),
     (["--grid", "--transfer"], "run one at a time"),
+    (["--transfer", "--seeds", "-1"], "seed: -1 is out of range; use 0..4294967295"),
+    (["--seeds", "99999999999999999999"], "seed: 99999999999999999999 is out of range"),
+    (["--seeds", "1.5"], "seed: '1.5' is not an integer"),
 ])
 def test_evaluate_refuses_bad_arguments_before_any_render(argv, message, capsys):
     _refused(lambda: evaluate.main(argv), message, capsys)

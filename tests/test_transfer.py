@@ -141,13 +141,22 @@ def test_bad_requests_name_the_field(no_model, fields, message):
 
 
 def test_frame_past_the_drafts_end_and_missing_lock_fail_before_downloading(locked, no_model, monkeypatch):
-    store, _, _ = locked
+    store, _, folder = locked
     monkeypatch.setattr("wanflow.locks.Lock.download", lambda *a: pytest.fail("nothing may download"))
     request = FinalRequest(lock_name="hero", final_preset="tiny-i2v-a14b", mode="first-frame", frame_index=9)
     with pytest.raises(TransferError, match=r"frame_index: 9 is past the draft's last frame .*9 frames, 0..8"):
         plan_final(request, store)
     with pytest.raises(ValueError, match="name: no lock called 'ghost'"):
         plan_final(FinalRequest(lock_name="ghost", final_preset="tiny-t2v-a14b"), store)
+    # a replay whose frame is past every named lock's end is refused before any notebook runs or run is made
+    from wanflow.replay import replay
+
+    runs = len(wanflow.history(store))
+    with pytest.raises(TransferError, match=r"frame_index: 9 is past the last frame of every lock named \(the "
+                                            r"longest, 'hero', has 9 frames, 0..8\)"):
+        replay(["hero"], final_preset="tiny-i2v-a14b", mode="first-frame", frame_index=9, tracking_uri=store,
+               out_dir=folder / "replay", report=lambda _: None)
+    assert len(wanflow.history(store)) == runs
 
 
 def test_final_spec_id_names_the_request_not_chance():

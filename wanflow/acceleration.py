@@ -59,8 +59,8 @@ FIRST_BLOCK_CACHE_THRESHOLD = 0.05
 #: TAYLORSEER_MIN_STEPS.
 TAYLORSEER_WARMUP, TAYLORSEER_INTERVAL = 0.3, 3
 #: An expert with fewer steps than this runs them all in full under ``taylorseer``. With the warm-up counted per
-#: expert, micro-a14b lost its prompt when its experts ran 9 / 11 steps (20-step render: PSNR 15.8 dB against
-#: exact, adherence 0.58) or 11 / 13 (24 steps: 21.4 dB, 0.75), and kept it at 12 / 16 (28 steps: 35.4 dB, 1.0) and
+#: expert, micro-a14b lost its prompt when its experts ran 9 / 11 steps (20-step render: PSNR 15.7 dB against
+#: exact, adherence 0.67) or 11 / 13 (24 steps: 21.4 dB, 0.75), and kept it at 12 / 16 (28 steps: 35.4 dB, 1.0) and
 #: 17 / 23 (40 steps: 37.2 dB, 1.0); with this minimum, 24 steps gives 30.3 dB, 1.0 (8 held-out prompts,
 #: ``bench/results/quality-taylorseer-steps.json``).
 TAYLORSEER_MIN_STEPS = 12
@@ -156,8 +156,9 @@ def check_approximations(names: Iterable[str], device: torch.device, dtype: torc
     names = set(names)
     gpu_only = sorted(names & {"fp8", "sage-attention"})
     if gpu_only and device.type != "cuda":
-        raise ValueError(f"approximations: {', '.join(gpu_only)} run on CUDA GPUs only; this render runs on "
-                         f"{device.type} (drop them, or use --device cuda)")
+        one = len(gpu_only) == 1
+        raise ValueError(f"approximations: {', '.join(gpu_only)} {'runs' if one else 'run'} on CUDA GPUs only; this "
+                         f"render runs on {device.type} (drop {'it' if one else 'them'}, or use --device cuda)")
     if "fp8" in names and dtype is not None and dtype != torch.bfloat16:
         raise ValueError(f"approximations: fp8 quantizes bfloat16 weights; this render loads "
                          f"{str(dtype).removeprefix('torch.')} (use --dtype bfloat16, the GPU default)")
@@ -180,8 +181,9 @@ def fp8_layer(module: torch.nn.Module, name: str = "") -> bool:
     """Which layers ``fp8`` quantizes (``name``: the layer's path in the expert): the bfloat16 ``nn.Linear``
     layers inside the transformer blocks (``blocks.N...``, where the FLOPs are) whose in and out features are
     multiples of 16 (``torch._scaled_mm``'s requirement). The embedders and ``proj_out`` stay bfloat16:
-    quantizing them too turned every micro-model frame to NaN (H200, 2026-11-29), blocks only gives PSNR 34.6 /
-    35.4 dB against exact bfloat16 with prompt adherence unchanged (micro-ti2v / micro-a14b; BENCHMARKS.md).
+    quantizing them too turned every micro-model frame to NaN (H200, 2026-11-29); blocks only gives PSNR 36.5 /
+    33.8 dB against exact bfloat16 with prompt adherence unchanged (micro-ti2v / micro-a14b, 8 held-out prompts;
+    ``bench/results/quality-cuda-bf16.json``).
     Layers diffusers keeps in float32 (``_keep_in_fp32_modules``) are left alone as well."""
     return (name.startswith("blocks.") and isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.bfloat16
             and module.in_features % 16 == 0 and module.out_features % 16 == 0)

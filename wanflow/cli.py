@@ -39,7 +39,10 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
     return value
@@ -157,6 +160,9 @@ def _history(args: argparse.Namespace) -> int:
     frame = history(args.tracking_uri, max_results=args.limit, stage=args.stage)
     if args.json:
         print(frame.to_json(orient="records", date_format="iso", indent=2))
+        return 0
+    if frame.empty and args.stage == "final":
+        print("no finals yet: lock a draft (`wanflow lock RUN_ID --name NAME`), then `wanflow replay`")
         return 0
     if frame.empty:
         print("no renders yet: try `wanflow render \"a red circle moving left on a blue background\"`")
@@ -378,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="draft-v2v only: 0 < strength <= 1, the share of the steps that run (default 0.3)")
     rp.add_argument("--frame", type=_integer("frame_index", "use an integer >= 0 (a frame of the draft)"),
                     help="first-frame only: the draft frame to start from (default 0)")
-    rp.add_argument("--seed", type=seed, help="final seed (default: a new one per lock; seeds never carry over)")
+    rp.add_argument("--seed", type=seed, help="final seed (default: a random one per lock, drawn at its render; the same "
+                    "replay run again skips the locks it rendered, --force renders them anew). Seeds never carry over")
     rp.add_argument("--steps", type=steps, help="num_inference_steps (default: the final preset's)")
     rp.add_argument("--width", type=width, help="width in pixels (default: the final preset's)")
     rp.add_argument("--height", type=height, help="height in pixels (default: the final preset's)")

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from wanflow.acceleration import step_cache
+from wanflow.acceleration import step_cache, taylorseer_full_steps
 from wanflow.loading import LoadedPipeline, LoadOptions, ModelSource, load_pipeline
 from wanflow.media import to_uint8
 from wanflow.micro.vocabulary import BACKGROUND_COLOURS, MOTION_PHRASES, OBJECT_COLOURS, SHAPES
@@ -62,7 +62,8 @@ class Generation:
     scheduler: dict = field(default_factory=dict)
     #: Tokens of the prompt (with ``</s>``); the text encoder reads at most :data:`MAX_SEQUENCE_LENGTH`.
     prompt_tokens: int = 0
-    #: How the denoiser ran: ``attention_backend``, ``compiled``, ``approximations`` (:mod:`wanflow.acceleration`).
+    #: How the denoiser ran: ``attention_backend``, ``compiled``, ``approximations`` (:mod:`wanflow.acceleration`),
+    #: and under ``taylorseer`` ``taylorseer_full_steps``: the steps that ran the blocks, per expert (``9/16``).
     acceleration: dict = field(default_factory=dict)
 
     @property
@@ -283,9 +284,14 @@ def run_pipeline(
     if spec.task == "i2v":
         with Image.open(spec.image) as img:
             call["image"] = img.convert("RGB")
+    steps_by_expert = expert_steps(pipe, spec)
+    acceleration = dict(loaded.acceleration)
+    if "taylorseer" in spec.approximations:  # fixed in advance: "transformer:14/26,transformer_2:8/14"
+        acceleration["taylorseer_full_steps"] = ",".join(f"{name}:{taylorseer_full_steps(n)}/{n}"
+                                                         for name, n in steps_by_expert.items())
     started = time.perf_counter()
     try:
-        with guided, step_cache(experts_of(pipe), spec.approximations, expert_steps(pipe, spec)):
+        with guided, step_cache(experts_of(pipe), spec.approximations, steps_by_expert):
             output = pipe(**call)
     finally:
         bar.close()
@@ -310,5 +316,5 @@ def run_pipeline(
         pipeline_class=type(pipe).__name__,
         scheduler={"class": type(pipe.scheduler).__name__, **dict(pipe.scheduler.config)},
         prompt_tokens=prompt_tokens,
-        acceleration=dict(loaded.acceleration),
+        acceleration=acceleration,
     )

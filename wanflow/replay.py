@@ -13,8 +13,9 @@ through papermill, once per lock, with resume and per-lock failure records.
   so the notebook cannot attach itself. Replay gives each attempt an ``attempt_id`` (a notebook parameter that
   becomes a run tag), and once papermill returns it finds the run by that tag and logs the executed notebook at the
   run's root as ``02_render.ipynb``: on the FINISHED run, or on the FAILED one (``render`` ends its run FAILED on
-  error). A lock that fails before its render starts (e.g. a frame index past its draft's last frame) gets a FAILED
-  run made here, with the lineage tags, the error and the failed notebook.
+  error). A lock that fails before its render starts (e.g. a frame index past this draft's last frame, when other
+  locks of the batch are long enough) gets a FAILED run made here, with the lineage tags, the error and the failed
+  notebook.
 - **Resume**: a lock is skipped when a FINISHED run carries the ``final_spec_id`` the request gives for it
   (:meth:`wanflow.transfer.FinalRequest.final_spec_id`), unless ``force``.
 - **Crashes**: a replay killed outright (SIGKILL, a preempted VM) can be run again as it was. Before rendering,
@@ -42,7 +43,7 @@ from wanflow.locks import get_lock, list_locks
 from wanflow.media import check_writable, safe_name
 from wanflow.tracking import (RenderRun, client_and_experiment, end_orphaned_runs, resolve_tracking_uri,
                               staging_folder)
-from wanflow.transfer import DEFAULT_STRENGTH, FinalPlan, FinalRequest
+from wanflow.transfer import DEFAULT_STRENGTH, FinalPlan, FinalRequest, TransferError
 
 #: The final-render notebook, in the repository beside the package (a checkout or an editable install).
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_render.ipynb"
@@ -171,7 +172,8 @@ def replay(
         :class:`ReplaySummary`; a failing lock is recorded (run FAILED, notebook attached) and the batch goes on.
 
     Raises:
-        TransferError: the request is bad for every lock (mode, preset, strength, settings), before any notebook runs.
+        TransferError: the request is bad for every lock (mode, preset, strength, settings, a frame past every
+            lock's last frame), before any notebook runs.
         LockError: a named lock does not exist, before any notebook runs.
         FileNotFoundError: no notebook at ``notebook``.
         PermissionError: ``out_dir`` cannot be written, before any notebook runs.
@@ -189,6 +191,10 @@ def replay(
         report(f"no locks in {uri}: lock a draft first (`wanflow lock RUN_ID --name NAME`, see `wanflow history`)")
     requests = {name: FinalRequest(lock_name=name, **settings) for name in names}  # bad input raises here
     held = {name: get_lock(name, uri) for name in names}  # so does a missing lock
+    if mode == "first-frame" and held and all(frame_index >= lock.spec.num_frames for lock in held.values()):
+        longest = max(held.values(), key=lambda lock: lock.spec.num_frames)
+        raise TransferError(f"frame_index: {frame_index} is past the last frame of every lock named (the longest, "
+                            f"{longest.name!r}, has {longest.spec.num_frames} frames, 0..{longest.spec.num_frames - 1})")
     check_writable(Path(out_dir))  # and an output folder that cannot be written
     client, experiment_id = client_and_experiment(uri)
     for run_id, why in end_orphaned_runs(uri, ended_by="wanflow replay"):

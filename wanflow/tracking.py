@@ -326,7 +326,10 @@ class RenderRun:
         self._ended.set()
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         try:
-            message = f"{type(error).__name__}: {error}"
+            # papermill's PapermillExecutionError carries the cell's error as ename / evalue; its str() is a
+            # banner and a traceback
+            message = (f"{error.ename}: {error.evalue}" if hasattr(error, "ename")
+                       else f"{type(error).__name__}: {error}")
             retry_locked(self.client.set_tag, self.run_id, "error", message[:4900])
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "error.txt"

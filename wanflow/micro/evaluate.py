@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from wanflow.micro.data import HELDOUT_PROMPTS, parse_prompt
-from wanflow.micro.train import device_argument, positive
+from wanflow.micro.train import device_argument, positive, seed_argument
 from wanflow.parameters import as_integer
 from wanflow.presets import Preset, get_preset
 from wanflow.quality import detect
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Held-out evaluation of the micro models: does a render show the prompt's background colour, "
                     "object colour and motion, as read back from its frames?")
     parser.add_argument("--device", type=device_argument, default="cpu", help="cpu (default), cuda or cuda:N")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+    parser.add_argument("--seeds", type=seed_argument, nargs="+", default=[0, 1, 2, 3],
                         help="noise seeds; every held-out prompt renders once per seed (default 0 1 2 3)")
     parser.add_argument("--weights", help="folder with micro-ti2v/ and micro-a14b/ (default: the shipped weights)")
     parser.add_argument("--batch", type=positive(as_integer), default=64, help="videos per pipeline call (default 64)")

@@ -695,6 +695,19 @@ def positive(convert):
     return parse
 
 
+def seed_argument(text: str) -> int:
+    """An argparse ``type`` for a seed: an integer in 0..:data:`wanflow.spec.MAX_SEED`, as the kit's renders take."""
+    from wanflow.spec import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed: {text!r} is not an integer; use 0..{MAX_SEED}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed: {text} is out of range; use 0..{MAX_SEED}")
+    return value
+
+
 def _steps_pair(text: str) -> list[int]:
     """``N`` or ``N,M``: VAE steps for both structures, or for ti2v-5b and t2v-a14b."""
     parts = [positive(as_integer)(v) for v in text.split(",")]
@@ -723,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True,
                         help="folder that receives micro-ti2v/ and micro-a14b/ (required: to replace the shipped "
                              f"weights, name their folder, {WEIGHTS.relative_to(WEIGHTS.parents[2])})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    parser.add_argument("--seed", type=seed_argument, default=0, help="seed of every random draw (default 0)")
     parser.add_argument("--device", type=device_argument, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu, cuda or cuda:N (default: cuda when there is one)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and two steps per stage (CPU, seconds)")
