@@ -101,17 +101,24 @@ def _attn_calls(expert) -> list[int]:
     return calls
 
 
+def _counted_render(spec: RenderSpec, store: str, out_dir: Path):
+    """Render ``spec`` on the CPU with a counter on each expert's last block (:func:`_attn_calls`). Returns the
+    loaded pipeline, the counters, the result and the steps each expert ran."""
+    loaded = load_pipeline(spec.model, "t2v", LoadOptions(device="cpu"), spec.approximations)
+    counts = {name: _attn_calls(getattr(loaded.pipe, name)) for name in ("transformer", "transformer_2")}
+    result = wanflow.render(spec, options=LoadOptions(device="cpu"), tracking_uri=store, out_dir=out_dir,
+                            progress=False)
+    ran = {name: sum(1 for s in result.steps if s.expert == name) for name in counts}
+    return loaded, counts, result, ran
+
+
 def test_first_block_cache_skips_blocks_of_both_experts_and_is_tagged(store, tmp_path, monkeypatch):
     clear_cache()
     # a threshold no change reaches: every step after the first reuses the cached residual
     monkeypatch.setattr(acceleration, "FIRST_BLOCK_CACHE_THRESHOLD", 1e9)
     spec = RenderSpec(preset="tiny-t2v-a14b", prompt=PROMPT, seed=3, num_inference_steps=6,
                       approximations=["first-block-cache"])
-    loaded = load_pipeline(spec.model, "t2v", LoadOptions(device="cpu"), spec.approximations)
-    counts = {name: _attn_calls(getattr(loaded.pipe, name)) for name in ("transformer", "transformer_2")}
-    result = wanflow.render(spec, options=LoadOptions(device="cpu"), tracking_uri=store, out_dir=tmp_path / "fbc",
-                            progress=False)
-    steps = {name: sum(1 for s in result.steps if s.expert == name) for name in counts}
+    _, counts, _, steps = _counted_render(spec, store, tmp_path / "fbc")
     assert steps["transformer"] >= 2 and steps["transformer_2"] >= 2
     for name, calls in counts.items():
         # cond + uncond of the expert's first step run every block; the cached steps skip the tail blocks
@@ -135,11 +142,7 @@ def test_taylorseer_runs_the_blocks_on_its_fixed_schedule_per_expert_and_leaves_
     clear_cache()
     spec = RenderSpec(preset="tiny-t2v-a14b", prompt=PROMPT, seed=3, num_inference_steps=24,
                       approximations=["taylorseer"])
-    loaded = load_pipeline(spec.model, "t2v", LoadOptions(device="cpu"), spec.approximations)
-    counts = {name: _attn_calls(getattr(loaded.pipe, name)) for name in ("transformer", "transformer_2")}
-    first = wanflow.render(spec, options=LoadOptions(device="cpu"), tracking_uri=store, out_dir=tmp_path / "a",
-                           progress=False)
-    ran = {name: sum(1 for s in first.steps if s.expert == name) for name in counts}
+    loaded, counts, first, ran = _counted_render(spec, store, tmp_path / "a")
     assert expert_steps(loaded.pipe, spec) == ran and sum(ran.values()) == 24
     assert [acceleration.taylorseer_warmup(n) for n in (4, 10, 11, 40)] == [3, 3, 4, 12]
     # warm-up 15 of 50, then steps 16, 19, ..., 49 (BENCHMARKS.md); 8 of 14 (A14B 720p's low-noise expert)

@@ -41,8 +41,8 @@ from jupyter_client import AsyncKernelManager
 
 from wanflow.locks import get_lock, list_locks
 from wanflow.media import check_writable, safe_name
-from wanflow.tracking import (RenderRun, client_and_experiment, end_orphaned_runs, resolve_tracking_uri,
-                              staging_folder)
+from wanflow.tracking import (RenderRun, client_and_experiment, end_orphaned_runs, error_message,
+                              resolve_tracking_uri, staging_folder)
 from wanflow.transfer import DEFAULT_STRENGTH, FinalPlan, FinalRequest, TransferError
 
 #: The final-render notebook, in the repository beside the package (a checkout or an editable install).
@@ -252,8 +252,8 @@ def _render_one(plan: FinalPlan, uri: str, out_dir: Path, notebook: Path, device
     if executed.is_file():
         client.log_artifact(run_id, str(executed))
     if error is not None:
-        reason = f"{getattr(error, 'ename', type(error).__name__)}: {getattr(error, 'evalue', error)}"
-        reason = reason.strip().splitlines()[0] if reason.strip() else type(error).__name__
+        reason = error_message(error).strip()
+        reason = reason.splitlines()[0] if reason else type(error).__name__
         attached = "notebook attached" if executed.is_file() else "no notebook: it did not start"
         return LockOutcome(plan.lock.name, "failed", run_id, executed, f"{reason} (run {run_id} FAILED, {attached})",
                            seconds)

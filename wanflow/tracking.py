@@ -250,6 +250,14 @@ def staging_folder(out_dir: str | os.PathLike, run_id: str) -> Path:
     return Path(out_dir) / f".partial-{run_id}"
 
 
+def error_message(error: BaseException) -> str:
+    """``Type: message`` of ``error``; for papermill's ``PapermillExecutionError`` the notebook cell's own error
+    (its ``ename: evalue``), not papermill's banner and traceback."""
+    if hasattr(error, "ename"):
+        return f"{error.ename}: {error.evalue}"
+    return f"{type(error).__name__}: {error}"
+
+
 class RenderRun:
     """The MLflow run of one render: created RUNNING by :meth:`start`, ended by :meth:`finish` or :meth:`fail`.
     While it is RUNNING, a daemon thread refreshes its ``heartbeat_at`` tag every :data:`HEARTBEAT_S` seconds."""
@@ -326,11 +334,7 @@ class RenderRun:
         self._ended.set()
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         try:
-            # papermill's PapermillExecutionError carries the cell's error as ename / evalue; its str() is a
-            # banner and a traceback
-            message = (f"{error.ename}: {error.evalue}" if hasattr(error, "ename")
-                       else f"{type(error).__name__}: {error}")
-            retry_locked(self.client.set_tag, self.run_id, "error", message[:4900])
+            retry_locked(self.client.set_tag, self.run_id, "error", error_message(error)[:4900])
             with tempfile.TemporaryDirectory() as folder:
                 path = Path(folder) / "error.txt"
                 path.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
