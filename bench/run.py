@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fullsize import build, forward_flops  # noqa: E402
 from wanflow.acceleration import accelerate, taylorseer_full_steps  # noqa: E402
-from wanflow.generate import run_pipeline  # noqa: E402
+from wanflow.generate import run_pipeline, uint8_frames  # noqa: E402
 from wanflow.loading import LoadedPipeline, LoadOptions, ModelSource  # noqa: E402
 from wanflow.media import to_uint8  # noqa: E402
 from wanflow.presets import get_preset  # noqa: E402
@@ -91,9 +91,13 @@ class ForwardTimer:
             hook.remove()
 
 
-def reset(experts: dict[str, torch.nn.Module]) -> None:
-    """Back to plain diffusers: default attention, no compiled blocks (a case may follow an accelerated one)."""
+def reset(experts: dict[str, torch.nn.Module], vae: torch.nn.Module) -> None:
+    """Back to plain diffusers: default attention, no compiled blocks, channels-first VAE weights (a case may
+    follow an accelerated one)."""
     torch.backends.cudnn.benchmark = False  # PyTorch's default
+    for module in vae.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.Conv2d)):
+            module.weight.data = module.weight.data.contiguous()
     for expert in experts.values():
         expert.set_attention_backend("native")
         for module in expert.modules():
@@ -138,7 +142,7 @@ def whole_render(name: str, case: dict, pipe, approx: tuple[str, ...], ceiling: 
               "tflop_per_forward": flops["total"] / 1e12, "attention_share": flops["attention"] / flops["total"],
               "matmul_ceiling_tflops": ceiling, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     plain = None
-    reset(experts)
+    reset(experts, pipe.vae)
     if plain_too and not compile_only:
         plain_render(pipe, spec, steps=2)  # warm-up: cuBLAS/cuDNN handles, allocator
         timer = ForwardTimer(experts)
@@ -152,7 +156,7 @@ def whole_render(name: str, case: dict, pipe, approx: tuple[str, ...], ceiling: 
               flush=True)
     options = LoadOptions(device="cuda", dtype="bfloat16", fast=True)
     started = time.perf_counter()
-    tags = accelerate(experts, torch.device("cuda"), tokens, True, approx)
+    tags = accelerate(experts, torch.device("cuda"), tokens, True, approx, vae=pipe.vae)
     loaded = LoadedPipeline(pipe, ModelSource(Path("random-weights"), "random", "random"), options, 0.0, False, tags)
     warm = spec.model_copy(update={"num_inference_steps": 2})
     run_pipeline(loaded, warm, progress=False)  # compiles (first process: full compile; later: Inductor's disk cache)
@@ -224,14 +228,20 @@ def forward_only(name: str, case: dict, pipe, ceiling: float, approx: tuple[str,
         timer.close()
         return first, float(np.median(seconds)), out
 
-    def time_decode() -> tuple[float, float]:
+    def time_decode(plain: bool) -> tuple[float, float]:
+        """VAE decode and frames as each path makes them: plain diffusers' ``output_type="np"``, wanflow's uint8
+        on the GPU (:func:`wanflow.generate.uint8_frames`)."""
         z = torch.randn(1, 16, frames, spec.height // 8, spec.width // 8, device=device, dtype=pipe.vae.dtype)
         sync()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         started = time.perf_counter()
         with torch.no_grad():
-            pipe.vae.decode(z, return_dict=False)
+            video = pipe.vae.decode(z, return_dict=False)[0]
+            if plain:
+                pipe.video_processor.postprocess_video(video, output_type="np")
+            else:
+                uint8_frames(pipe.video_processor.postprocess_video(video, output_type="pt"))
         sync()
         return time.perf_counter() - started, (torch.cuda.max_memory_allocated() - base) / 2**30
 
@@ -241,7 +251,7 @@ def forward_only(name: str, case: dict, pipe, ceiling: float, approx: tuple[str,
               "text_encode_s": text_s, "method": f"per-expert forward: 1 warm-up + {TIMED_FORWARDS} timed, "
                                                  "render extrapolated"}
     plain_out = {}
-    reset(experts)
+    reset(experts, pipe.vae)
     torch.cuda.reset_peak_memory_stats()
     if plain_too:
         result["plain"] = {}
@@ -249,8 +259,8 @@ def forward_only(name: str, case: dict, pipe, ceiling: float, approx: tuple[str,
             _, seconds, plain_out[expert_name] = time_expert(module)
             result["plain"][f"s_per_forward_{expert_name}"] = seconds
         result["plain"]["peak_gib_all_on_gpu"] = torch.cuda.max_memory_allocated() / 2**30  # T5 + experts + a forward
-        result["plain"]["decode_s"], result["decode_extra_peak_gib"] = time_decode()
-    tags = accelerate(experts, device, tokens, True, approx)
+        result["plain"]["decode_s"], result["decode_extra_peak_gib"] = time_decode(plain=True)
+    tags = accelerate(experts, device, tokens, True, approx, vae=pipe.vae)
     result["wanflow"] = dict(tags)
     for expert_name, module in experts.items():
         first, seconds, out = time_expert(module)
@@ -259,8 +269,8 @@ def forward_only(name: str, case: dict, pipe, ceiling: float, approx: tuple[str,
         if plain_too:
             diff = (out.float() - plain_out[expert_name].float())
             result["wanflow"][f"rel_error_{expert_name}"] = float(diff.norm() / plain_out[expert_name].float().norm())
-    result["wanflow"]["decode_s_first"], _ = time_decode()  # includes cuDNN's one-off algorithm search
-    result["wanflow"]["decode_s"], _ = time_decode()
+    result["wanflow"]["decode_s_first"], _ = time_decode(plain=False)  # includes cuDNN's algorithm search
+    result["wanflow"]["decode_s"], _ = time_decode(plain=False)
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=spec.flow_shift)
     pipe.scheduler.set_timesteps(spec.num_inference_steps, device=device)
     high = int((pipe.scheduler.timesteps >= preset.boundary_ratio * 1000).sum())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import wanflow
@@ -256,3 +257,78 @@ def test_a_cpu_render_records_that_no_memory_plan_was_needed(store, tmp_path):
     assert result.memory_plan == "not needed"
     run = __import__("mlflow").MlflowClient(store).get_run(result.run_id)
     assert run.data.tags["memory_plan"] == "not needed"
+
+
+def test_uniform_timestep_gives_ti2v_text_to_video_one_timestep_per_sample():
+    """The exact fast path's TI2V text-to-video: the transformer gets one timestep per sample instead of one per
+    token, the frames stay the same up to rounding, and the pipeline's flag comes back (also after a failure)."""
+    import torch
+
+    from wanflow.generate import run_pipeline
+
+    clear_cache()
+    spec = RenderSpec(preset="micro-ti2v", prompt=PROMPT, seed=5, num_inference_steps=4)
+    loaded = load_pipeline(spec.model, "t2v", LoadOptions(device="cpu"))
+    pipe = loaded.pipe
+    shapes = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda _m, _a, kwargs: shapes.append(tuple(kwargs["timestep"].shape)), with_kwargs=True)
+    per_token = run_pipeline(loaded, spec, progress=False).frames  # CPU: fast path off, diffusers' per-token
+    tokens = spec.model.tokens(spec.width, spec.height, spec.num_frames)
+    assert set(shapes) == {(1, tokens)}
+    shapes.clear()
+    with acceleration.uniform_timestep(pipe):
+        assert not pipe.config.expand_timesteps
+        per_sample = pipe(prompt=PROMPT, height=spec.height, width=spec.width, num_frames=spec.num_frames,
+                          num_inference_steps=spec.num_inference_steps, guidance_scale=spec.guidance_scale,
+                          generator=torch.Generator("cpu").manual_seed(spec.seed), output_type="np").frames
+    hook.remove()
+    assert set(shapes) == {(1,)} and pipe.config.expand_timesteps
+    diff = np.abs(per_token.astype(int) - np.round(np.clip(per_sample[0], 0, 1) * 255).astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
+    with pytest.raises(RuntimeError), acceleration.uniform_timestep(pipe):
+        raise RuntimeError("render failed")
+    assert pipe.config.expand_timesteps
+    i2v = load_pipeline(spec.model, "i2v", LoadOptions(device="cpu")).pipe
+    with acceleration.uniform_timestep(i2v):  # the image's frame has timestep 0: per token stays
+        assert i2v.config.expand_timesteps
+    with acceleration.uniform_timestep(pipe, enabled=False):
+        assert pipe.config.expand_timesteps
+    clear_cache()
+
+
+def test_uint8_frames_on_the_device_equal_the_numpy_conversion():
+    import torch
+
+    from wanflow.generate import UINT8_CHUNK, uint8_frames
+    from wanflow.media import to_uint8
+
+    generator = torch.Generator().manual_seed(0)
+    video = torch.rand(1, UINT8_CHUNK + 3, 3, 8, 10, generator=generator) * 1.2 - 0.1  # chunk edge, out of range
+    video[0, 0, 0, 0, :4] = torch.tensor([0.5 / 255, 1.5 / 255, 2.5 / 255, 254.5 / 255])  # rounding ties
+    expected = to_uint8(video[0].permute(0, 2, 3, 1).numpy())
+    got = uint8_frames(video)
+    assert got.dtype == np.uint8 and got.shape == (UINT8_CHUNK + 3, 8, 10, 3)
+    assert np.array_equal(got, expected)
+    assert np.array_equal(uint8_frames(video.to(torch.bfloat16)),
+                          to_uint8(video.to(torch.bfloat16)[0].permute(0, 2, 3, 1).float().numpy()))
+    with pytest.raises(ValueError, match=r"video: expected shape \(1, F, 3, H, W\)"):
+        uint8_frames(video[0])
+
+
+def test_channels_last_vae_decodes_the_same_frames():
+    import torch
+
+    clear_cache()
+    vae = load_pipeline(get_preset("micro-ti2v"), "t2v", LoadOptions(device="cpu")).pipe.vae
+    latents = torch.randn(1, vae.config.z_dim, 3, 4, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = vae.decode(latents, return_dict=False)[0]
+        convs = [m for m in vae.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Conv2d))]
+        assert acceleration.channels_last(vae) == len(convs) > 10
+        assert all(m.weight.is_contiguous(memory_format=torch.channels_last_3d if m.weight.ndim == 5
+                                          else torch.channels_last) for m in convs)
+        assert not all(m.weight.is_contiguous() for m in convs if m.weight.shape[-1] > 1)
+        after = vae.decode(latents, return_dict=False)[0]
+    assert after.shape == before.shape and torch.allclose(after, before, atol=1e-4)
+    clear_cache()  # the cached pipeline's VAE was changed

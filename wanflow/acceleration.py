@@ -1,4 +1,5 @@
-"""How fast the denoiser runs on a GPU: the attention backend, regional compilation, and the opt-in approximations.
+"""How fast a render runs on a GPU: the attention backend, regional compilation, the VAE's layout, and the opt-in
+approximations.
 
 Exact path (same math, bf16 noise only), on by default on CUDA (``LoadOptions.fast``):
 
@@ -7,9 +8,17 @@ Exact path (same math, bf16 noise only), on by default on CUDA (``LoadOptions.fa
   memory-efficient kernels, PyTorch's default), set on every expert. Attention is 53% of TI2V-5B's and 72% of an
   A14B expert's FLOPs at 720p, and on one H200 cuDNN ran at 616 / 556 TFLOP/s against 371 / 353 for PyTorch's
   flash kernel (``shared/RESEARCH.md`` §2), so the kernel decides the speed. The choice is a run tag.
+- **one timestep per sample** for TI2V-5B text-to-video (:func:`uniform_timestep`): without an image every token
+  has the same timestep, so the transformer embeds one instead of one per token.
 - **regional compilation** (``compile_repeated_blocks``: the transformer block is compiled once and reused by every
   block of both experts). Inductor's on-disk caches (FX graph and AOTAutograd) are kept under
-  ``$WANFLOW_CACHE/inductor`` instead of ``/tmp``, so a second process on the same machine skips most of the compile.
+  ``$WANFLOW_CACHE/inductor`` instead of ``/tmp``; on one H200 a second process still paid about the same compile
+  (Dynamo's tracing dominates; ``BENCHMARKS.md``).
+- **channels-last VAE** (:func:`channels_last`) with cuDNN's autotuning: the convolutions run without layout
+  conversions.
+
+Where the time then goes (``bench/breakdown.py``): at 720p attention is 56% (TI2V-5B) and 75% (an A14B expert) of a
+forward's GPU time and the matrix products run at the bf16 ceiling, so the attention kernel sets the limit.
 
 Approximations (``RenderSpec.approximations``; they change the frames, so they are part of the spec and its id):
 
@@ -22,8 +31,8 @@ Approximations (``RenderSpec.approximations``; they change the frames, so they a
   two full forwards. The skipped steps are fixed in advance, so the
   speed-up does not depend on the weights. Lite, because the full form keeps two feature maps per block per CFG
   branch: ~20 GiB for TI2V-5B 720p and over 100 GiB for an A14B expert.
-- ``fp8``: torchao float8 dynamic activation + float8 per-row weight quantization of every expert's linear layers
-  (compute capability >= 8.9: H100, L40S, RTX 4090; not the A100).
+- ``fp8``: torchao float8 dynamic activation + float8 per-row weight quantization of the linear layers in every
+  expert's blocks (:func:`fp8_layer`; compute capability >= 8.9: H100, L40S, RTX 4090; not the A100).
 - ``sage-attention``: diffusers' ``sage`` backend (SageAttention >= 2.1.1, int8 QK / fp8 PV), when installed.
 
 The step caches (``first-block-cache``, ``taylorseer``) are put on the experts for one render at a time
@@ -240,6 +249,30 @@ def step_cache(experts: dict[str, torch.nn.Module], approximations: Iterable[str
             expert.disable_cache()
 
 
+@contextlib.contextmanager
+def uniform_timestep(pipe, enabled: bool = True):
+    """For one render, give a text-to-video ``WanPipeline`` with ``expand_timesteps`` (TI2V-5B, micro-ti2v) one
+    timestep per sample instead of one per token; any other pipeline, or ``enabled=False``: unchanged.
+
+    ``expand_timesteps`` exists for image-to-video, where Wan2.2's TI2V gives the tokens of the image's latent frame
+    timestep 0. In text-to-video diffusers' mask is all ones, so every token gets the same timestep and the
+    transformer embeds it 27,280 times at 720p, then reads a (27,280 x 6 x 3,072) modulation in every block. One
+    per sample is the same math (the transformer's own path for Wan2.1 and A14B), with bf16 rounding differences
+    only: a compiled TI2V-5B 720p forward took 0.893 s instead of 0.905 s (H200, 2026-11-29, ``BENCHMARKS.md``).
+    Part of the exact fast path; the flag is restored afterwards, also when the render fails.
+    """
+    from diffusers import WanPipeline
+
+    if not (enabled and type(pipe) is WanPipeline and pipe.config.get("expand_timesteps")):
+        yield
+        return
+    pipe.register_to_config(expand_timesteps=False)
+    try:
+        yield
+    finally:
+        pipe.register_to_config(expand_timesteps=True)
+
+
 def compile_under_hooks(expert: torch.nn.Module, **compile_options) -> int:
     """Compile the ``forward`` of each of ``expert``'s repeated blocks (the classes in ``_repeated_blocks``, as
     diffusers' ``compile_repeated_blocks``), in place; returns how many blocks. Used when a step cache will be put
@@ -259,8 +292,23 @@ def compile_under_hooks(expert: torch.nn.Module, **compile_options) -> int:
     return len(blocks)
 
 
+def channels_last(vae: torch.nn.Module) -> int:
+    """Store ``vae``'s convolution weights channels-last (``channels_last_3d`` for ``Conv3d``, ``channels_last``
+    for ``Conv2d``), in place; returns how many. cuDNN's convolution kernels on Hopper work in that layout: with
+    channels-first tensors it converts every input and output (``nchwToNhwc`` / ``nhwcToNchw`` kernels, 0.5 s of
+    a 5.8 s TI2V-5B 720p decode on one H200). A convolution with channels-last weights gives channels-last
+    activations, which the elementwise layers between keep. Same math."""
+    count = 0
+    for module in vae.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.Conv2d)):
+            layout = torch.channels_last_3d if isinstance(module, torch.nn.Conv3d) else torch.channels_last
+            module.weight.data = module.weight.data.contiguous(memory_format=layout)
+            count += 1
+    return count
+
+
 def accelerate(experts: dict[str, torch.nn.Module], device: torch.device, tokens: int, compile_blocks: bool,
-               approximations: Iterable[str] = ()) -> dict[str, str]:
+               approximations: Iterable[str] = (), vae: torch.nn.Module | None = None) -> dict[str, str]:
     """Apply the exact fast path and ``approximations`` to every expert (``transformer``, ``transformer_2``), in
     place. Per-expert features must reach both experts of a two-expert model (``shared/RESEARCH.md`` §1). A step
     cache among ``approximations`` is put on per render (:func:`step_cache`); with one, the blocks are compiled
@@ -273,6 +321,8 @@ def accelerate(experts: dict[str, torch.nn.Module], device: torch.device, tokens
         tokens: sequence length of one forward (sets the shape the attention kernels are timed at).
         compile_blocks: compile the repeated transformer blocks (``torch.compile``, lazily on the first forward).
         approximations: names from :data:`wanflow.spec.APPROXIMATION_NAMES`.
+        vae: the pipeline's VAE: with ``compile_blocks``, its convolution weights go channels-last
+            (:func:`channels_last`) and cuDNN times its convolution algorithms once per shape.
 
     Returns the run tags: ``attention_backend``, ``compiled``, ``approximations``.
     """
@@ -302,7 +352,9 @@ def accelerate(experts: dict[str, torch.nn.Module], device: torch.device, tokens
             else:
                 expert.compile_repeated_blocks(fullgraph=True)
     if compile_blocks:
-        # cuDNN times its convolution algorithms once per shape: the VAE decodes 3-4% faster (module docstring)
+        # cuDNN times its convolution algorithms once per shape: the VAE decodes 3-4% faster
         torch.backends.cudnn.benchmark = True
+        if vae is not None:
+            channels_last(vae)
     tags.update(attention_backend=backend, compiled=str(compile_blocks).lower())
     return tags

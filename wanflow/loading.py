@@ -439,7 +439,8 @@ def load_pipeline(preset: Preset, task: Literal["t2v", "i2v", "v2v"], options: L
         base.set_progress_bar_config(disable=True)
         _place(base, options)
         experts = {name: base.components[name] for name in ("transformer", "transformer_2") if base.components.get(name)}
-        _cache.acceleration = accelerate(experts, device, preset.tokens(), options.fast_for(preset), approximations)
+        _cache.acceleration = accelerate(experts, device, preset.tokens(), options.fast_for(preset), approximations,
+                                         vae=base.vae)
         _cache.key, _cache.source = key, source
         _cache.pipes = {"i2v" if isinstance(base, WanImageToVideoPipeline) else "t2v": base}
     if task not in _cache.pipes:
