@@ -46,8 +46,9 @@ class StepEvent:
 @dataclass
 class Generation:
     """What :func:`generate` returns: uint8 frames (F, H, W, 3), the seed, seconds per stage
-    (``load``, ``text_encode``, ``denoise``, ``decode``), the steps with their expert, and peak memory in GiB
-    (``memory_kind``: ``cuda`` = peak allocated on the GPU, ``cpu-rss`` = the process's peak resident set)."""
+    (``load``, ``text_encode``, ``denoise``, ``decode``: the VAE and the uint8 frames), the steps with their expert, and
+    peak memory in GiB (``memory_kind``: ``cuda`` = peak allocated on the GPU, ``cpu-rss`` = the process's peak
+    resident set)."""
 
     frames: np.ndarray
     seed: int
@@ -316,8 +317,8 @@ def run_pipeline(
                                                          for name, n in steps_by_expert.items())
     started = time.perf_counter()
     try:
-        with guided, uniform_timestep(pipe, options.fast_for(preset)), \
-                step_cache(experts_of(pipe), spec.approximations, steps_by_expert):
+        with (guided, uniform_timestep(pipe, options.fast_for(preset)),
+              step_cache(experts_of(pipe), spec.approximations, steps_by_expert)):
             output = pipe(**call)
         frames = uint8_frames(output.frames)
     finally:
