@@ -73,6 +73,8 @@ def test_fast_path_is_for_real_models_on_cuda():
     cpu = LoadOptions(device="cpu")
     assert not cpu.fast_for(get_preset("ti2v-5b"))
     assert not LoadOptions(device="cpu", fast=True).fast_for(get_preset("ti2v-5b"))  # nothing to gain on a CPU
+    with pytest.raises(ValueError, match="fast: on needs a CUDA GPU; this render runs on cpu"):
+        LoadOptions(device="cpu", fast=True).check()  # asked for explicitly: refused, not silently dropped
     assert acceleration.pick_attention(cpu.torch_device(), 24, 128, 27280) == ("native", {})
 
 
@@ -312,8 +314,14 @@ def test_uint8_frames_on_the_device_equal_the_numpy_conversion():
     assert np.array_equal(got, expected)
     assert np.array_equal(uint8_frames(video.to(torch.bfloat16)),
                           to_uint8(video.to(torch.bfloat16)[0].permute(0, 2, 3, 1).float().numpy()))
-    with pytest.raises(ValueError, match=r"video: expected shape \(1, F, 3, H, W\)"):
+    with pytest.raises(ValueError, match=r"video: expected shape \(1, F >= 1, 3, H, W\)"):
         uint8_frames(video[0])
+    with pytest.raises(ValueError, match=r"video: expected shape"):
+        uint8_frames(video[:, :0])
+    with pytest.raises(ValueError, match="video: expected a floating-point torch tensor, got Tensor of torch.uint8"):
+        uint8_frames((video * 255).to(torch.uint8))
+    with pytest.raises(ValueError, match="got ndarray"):
+        uint8_frames(video.numpy())
 
 
 def test_channels_last_vae_decodes_the_same_frames():

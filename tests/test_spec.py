@@ -53,6 +53,12 @@ def test_missing_seed_is_drawn_and_kept():
         (dict(preset="nope"), "preset", "unknown model 'nope'; choose one of: ti2v-5b"),
         (dict(colour="red"), "colour", "not a spec field; allowed fields: version, preset, prompt"),
         (dict(adapters=[{"path": "lora.safetensors"}]), "adapters", "not supported yet"),
+        # the micro models' position embedding covers 32 positions per axis: larger renders crashed after loading
+        (dict(preset="micro-ti2v", width=1056, height=32, num_frames=1), "width",
+         "1056 is more than micro-ti2v can place; allowed at most 1024 (its position embedding covers 32 patches"),
+        (dict(preset="micro-a14b", width=64, height=528, num_frames=1), "height", "allowed at most 512"),
+        (dict(preset="micro-ti2v", width=32, height=32, num_frames=129), "num_frames",
+         "129 is more than micro-ti2v can place; allowed at most 125"),
     ],
 )
 def test_bad_specs_name_the_field(fields, field, words):
@@ -105,3 +111,19 @@ def test_params_are_strings_of_every_field():
     params = make().to_params()
     assert params["seed"] == "7" and params["height"] == "704" and params["guidance_scale_2"] == ""
     assert set(params) == set(RenderSpec.model_fields)
+
+
+def test_the_largest_placeable_video_is_accepted_and_the_limits_match_the_models():
+    import json
+    from pathlib import Path
+
+    import wanflow
+    from wanflow.presets import PRESETS
+
+    assert make(preset="micro-ti2v", width=1024, height=32, num_frames=125).num_frames == 125
+    weights = Path(wanflow.__file__).parent / "micro" / "weights"
+    for name in ("micro-ti2v/transformer", "micro-a14b/transformer", "micro-a14b/transformer_2"):
+        config = json.loads((weights / name / "config.json").read_text())
+        assert config["rope_max_seq_len"] == PRESETS[name.split("/")[0]].rope_max_seq_len == 32
+    assert {p.rope_max_seq_len for p in PRESETS.values() if p.kind == "real"} == {1024}
+    assert PRESETS["ti2v-5b"].max_side > 4096 and PRESETS["ti2v-5b"].max_frames > 1025  # never the binding limit

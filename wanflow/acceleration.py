@@ -257,9 +257,16 @@ def uniform_timestep(pipe, enabled: bool = True):
     ``expand_timesteps`` exists for image-to-video, where Wan2.2's TI2V gives the tokens of the image's latent frame
     timestep 0. In text-to-video diffusers' mask is all ones, so every token gets the same timestep and the
     transformer embeds it 27,280 times at 720p, then reads a (27,280 x 6 x 3,072) modulation in every block. One
-    per sample is the same math (the transformer's own path for Wan2.1 and A14B), with bf16 rounding differences
-    only: a compiled TI2V-5B 720p forward took 0.893 s instead of 0.905 s (H200, 2026-11-29, ``BENCHMARKS.md``).
-    Part of the exact fast path; the flag is restored afterwards, also when the render fails.
+    per sample is the same math (the transformer's own path for Wan2.1 and A14B); only the rounding differs (bf16 on
+    a GPU; micro-ti2v in float32 on a CPU: frames within 2/255, tested). A compiled TI2V-5B 720p forward took 0.893 s
+    instead of 0.905 s (H200, 2026-11-29, ``bench/results/exact-path-experiments.log``). Part of the exact fast
+    path (:func:`wanflow.generate.run_pipeline` enables it when ``LoadOptions.fast_for`` is true).
+
+    Args:
+        pipe: a loaded diffusers pipeline. Its config's ``expand_timesteps`` is switched off in place while the
+            context is open (the pipeline is the process's cached one) and switched back on when it closes, also
+            when the render fails.
+        enabled: False leaves ``pipe`` as it is.
     """
     from diffusers import WanPipeline
 
@@ -294,10 +301,15 @@ def compile_under_hooks(expert: torch.nn.Module, **compile_options) -> int:
 
 def channels_last(vae: torch.nn.Module) -> int:
     """Store ``vae``'s convolution weights channels-last (``channels_last_3d`` for ``Conv3d``, ``channels_last``
-    for ``Conv2d``), in place; returns how many. cuDNN's convolution kernels on Hopper work in that layout: with
-    channels-first tensors it converts every input and output (``nchwToNhwc`` / ``nhwcToNchw`` kernels, 0.5 s of
-    a 5.8 s TI2V-5B 720p decode on one H200). A convolution with channels-last weights gives channels-last
-    activations, which the elementwise layers between keep. Same math."""
+    for ``Conv2d``), in place and for good (the VAE is the process's cached one); returns how many.
+
+    cuDNN's convolution kernels on NVIDIA GPUs work in that layout: with channels-first tensors it converts every
+    input and output (``nchwToNhwc`` / ``nhwcToNchw`` kernels). A convolution with channels-last weights gives
+    channels-last activations, which the elementwise layers between keep. Same math; cuDNN picks other algorithms,
+    so the rounding differs. TI2V-5B 720p decode on one H200, bf16: 5.89 s -> 5.54 s, frames within 0.024 on the
+    [-1, 1] scale (2026-11-29, ``bench/results/exact-path-experiments.log``). Part of the exact fast path
+    (:func:`accelerate`); harmless on a CPU (tested there: the same frames within 1e-4).
+    """
     count = 0
     for module in vae.modules():
         if isinstance(module, (torch.nn.Conv3d, torch.nn.Conv2d)):

@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep everything on the GPU (default: with no memory flag, real models on a GPU get the "
                         "fastest memory mode that fits the card, printed and tagged memory_plan)")
     r.add_argument("--fast", choices=["auto", "on", "off"], default="auto",
-                   help="exact fast path: fastest attention kernel + compiled blocks (auto: real models on CUDA)")
+                   help="exact fast path: fastest attention kernel, compiled blocks, channels-last VAE "
+                        "(auto: real models on CUDA; on: needs CUDA)")
     r.add_argument("--approximate", metavar="NAMES",
                    help="opt-in speed-ups that change the frames, comma-separated: first-block-cache, taylorseer, fp8, "
                         "sage-attention (the last two need a CUDA GPU; part of the spec)")

@@ -153,19 +153,23 @@ UINT8_CHUNK = 16
 
 
 def uint8_frames(video: torch.Tensor) -> np.ndarray:
-    """diffusers' ``output_type="pt"`` video, (1, F, 3, H, W) floats in [0, 1] on the render's device, as uint8
-    frames (F, H, W, 3) on the CPU.
+    """diffusers' ``output_type="pt"`` video, a float tensor (1, F, 3, H, W) with values in [0, 1] on the render's
+    device, as uint8 frames (F, H, W, 3) on the CPU.
 
     Converted where the video is, :data:`UINT8_CHUNK` frames at a time, with the arithmetic of
     :func:`wanflow.media.to_uint8` on the ``"np"`` output (float32, clip to [0, 1], x 255, round half to even): the
-    same values (tested). On the GPU it takes 0.27 s for TI2V-5B 720p (121 frames of 1280 x 704) against 2.95 s for
-    the ``"np"`` output and ``to_uint8`` on the host's CPU (H200 host, 2026-11-29, ``BENCHMARKS.md``).
+    same values (tested on the CPU). Every render makes its frames this way, on any device. For TI2V-5B 720p (121
+    frames of 1280 x 704) on an H200 host it took 0.27 s against 2.95 s for the ``"np"`` output and ``to_uint8`` on
+    the host's CPU (2026-11-29, ``bench/results/exact-path-experiments.log``).
 
     Raises:
-        ValueError: not a (1, F, 3, H, W) tensor.
+        ValueError: not a floating-point torch tensor of shape (1, F >= 1, 3, H, W).
     """
-    if video.ndim != 5 or video.shape[0] != 1 or video.shape[2] != 3:
-        raise ValueError(f"video: expected shape (1, F, 3, H, W), got {tuple(video.shape)}")
+    if not isinstance(video, torch.Tensor) or not video.is_floating_point():
+        raise ValueError(f"video: expected a floating-point torch tensor, got {type(video).__name__}"
+                         f"{f' of {video.dtype}' if isinstance(video, torch.Tensor) else ''}")
+    if video.ndim != 5 or video.shape[0] != 1 or video.shape[1] < 1 or video.shape[2] != 3:
+        raise ValueError(f"video: expected shape (1, F >= 1, 3, H, W), got {tuple(video.shape)}")
     video = video[0]
     frames = torch.empty((video.shape[0], video.shape[2], video.shape[3], 3), dtype=torch.uint8)
     for start in range(0, video.shape[0], UINT8_CHUNK):

@@ -43,8 +43,9 @@ class LoadOptions:
         vae_tiling: decode the video in overlapping spatial tiles (``AutoencoderKLWan.enable_tiling``): lower
             decode peak.
         fast: the exact fast path of :mod:`wanflow.acceleration` (fastest exact attention backend, regional
-            compilation). None = on for real presets on CUDA, off otherwise (tiny and micro models are too small
-            to pay back a compile).
+            compilation, one timestep per sample for TI2V text-to-video, channels-last VAE). None = on for real
+            presets on CUDA, off otherwise (tiny and micro models are too small to pay back a compile); True needs
+            CUDA.
         auto_memory: when none of the four memory flags above is set, a real preset on a CUDA GPU gets the
             fastest memory mode whose measured peak fits the card (:func:`plan_memory`; the run's tag
             ``memory_plan`` says which). False keeps everything on the GPU.
@@ -109,10 +110,14 @@ class LoadOptions:
         """Refuse combinations that cannot run, before anything loads.
 
         Raises:
-            ValueError: ``offload_model`` with ``group_offload`` (two offload schemes on the same modules).
+            ValueError: ``offload_model`` with ``group_offload`` (two offload schemes on the same modules);
+                ``fast=True`` on a device other than CUDA (the fast path's kernels and compile are CUDA's).
         """
         if self.offload_model and self.group_offload:
             raise ValueError("group_offload: cannot be combined with offload_model; choose one offload scheme")
+        if self.fast and self.torch_device().type != "cuda":
+            raise ValueError(f"fast: on needs a CUDA GPU; this render runs on {self.torch_device().type} (use auto, "
+                             "which turns the fast path on where it applies, or off)")
 
 
 #: Memory modes, as the LoadOptions flags they set, in the order :func:`plan_memory` tries them: the order of the

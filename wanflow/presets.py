@@ -39,6 +39,9 @@ class Preset:
         sizes: official (width, height) pairs in pixels; the first is the default.
         size_multiple: height and width must be multiples of this (VAE spatial factor x patch size: 16 x 2 = 32
             for the Wan2.2 VAE, 8 x 2 = 16 for the Wan2.1 VAE).
+        rope_max_seq_len: positions per axis (latent frames, patch rows, patch columns) that the transformer's
+            rotary position embedding has (``WanTransformer3DModel.rope_max_seq_len``: 1024 in the Wan2.2
+            checkpoints, 32 in the tiny and micro models); a larger video cannot be placed.
         negative_prompt: the default negative prompt.
     """
 
@@ -56,6 +59,7 @@ class Preset:
     sizes: tuple[tuple[int, int], ...]
     size_multiple: int
     boundary_ratio: float | None = None
+    rope_max_seq_len: int = 1024
     hub_id: str | None = None
     negative_prompt: str = ""
     extra: dict = field(default_factory=dict, hash=False, compare=False)
@@ -64,6 +68,16 @@ class Preset:
     def two_experts(self) -> bool:
         """True for the A14B structure: ``transformer`` (high noise) and ``transformer_2`` (low noise)."""
         return self.boundary_ratio is not None
+
+    @property
+    def max_side(self) -> int:
+        """The largest width or height in pixels the transformer can place: ``rope_max_seq_len`` patches."""
+        return self.rope_max_seq_len * self.size_multiple
+
+    @property
+    def max_frames(self) -> int:
+        """The most frames the transformer can place: ``rope_max_seq_len`` latent frames of 4 (plus the first)."""
+        return (self.rope_max_seq_len - 1) * 4 + 1
 
     @property
     def width(self) -> int:
@@ -134,19 +148,19 @@ _PRESETS: list[Preset] = [
     # Tiny: random weights in each real structure, built on the fly (wanflow.tiny). Same flow_shift, guidance and
     # boundary as the real variant so that the settings' path to the pipeline is tested; few steps and frames.
     Preset(
-        name="tiny-ti2v", kind="tiny", **_TI2V,
+        name="tiny-ti2v", kind="tiny", rope_max_seq_len=32, **_TI2V,
         description="random weights in the TI2V-5B structure (48-channel 16x VAE, expand_timesteps); tests only",
         num_inference_steps=4, flow_shift=5.0, guidance_scale=5.0, guidance_scale_2=None,
         num_frames=9, fps=24, sizes=((64, 64),),
     ),
     Preset(
-        name="tiny-t2v-a14b", kind="tiny", **_T2V_A14B,
+        name="tiny-t2v-a14b", kind="tiny", rope_max_seq_len=32, **_T2V_A14B,
         description="random weights in the T2V-A14B structure (two experts, 16-channel 8x VAE); tests only",
         num_inference_steps=6, flow_shift=12.0, guidance_scale=4.0, guidance_scale_2=3.0,
         num_frames=9, fps=16, sizes=((64, 64),),
     ),
     Preset(
-        name="tiny-i2v-a14b", kind="tiny", **_I2V_A14B,
+        name="tiny-i2v-a14b", kind="tiny", rope_max_seq_len=32, **_I2V_A14B,
         description="random weights in the I2V-A14B structure (two experts, 36 input channels); tests only",
         num_inference_steps=6, flow_shift=5.0, guidance_scale=3.5, guidance_scale_2=3.5,
         num_frames=9, fps=16, sizes=((64, 64),),
@@ -155,13 +169,13 @@ _PRESETS: list[Preset] = [
     # Settings: the best of a grid of flow_shift x guidance on the held-out prompts, seeds 0-1
     # (python -m wanflow.micro.evaluate --grid; micro-v2 numbers in wanflow/micro/weights/TRAINING.md).
     Preset(
-        name="micro-ti2v", kind="micro", **_TI2V,
+        name="micro-ti2v", kind="micro", rope_max_seq_len=32, **_TI2V,
         description="micro model in the TI2V-5B structure, trained on procedural clips; renders in seconds on a CPU",
         num_inference_steps=20, flow_shift=3.0, guidance_scale=4.0, guidance_scale_2=None,
         num_frames=17, fps=8, sizes=((128, 128),), negative_prompt="",
     ),
     Preset(
-        name="micro-a14b", kind="micro", **_T2V_A14B,
+        name="micro-a14b", kind="micro", rope_max_seq_len=32, **_T2V_A14B,
         description="micro model in the T2V-A14B structure (two experts), trained on procedural clips",
         num_inference_steps=20, flow_shift=5.0, guidance_scale=3.0, guidance_scale_2=3.0,
         num_frames=17, fps=8, sizes=((128, 128),), negative_prompt="",

@@ -348,6 +348,16 @@ def _problems(spec: RenderSpec, preset: Preset) -> list[tuple[str, str]]:
                 f"{value} must be a multiple of {preset.size_multiple} on {preset.name}; "
                 f"{_nearest(value, official)} is the official size",
             ))
+    for field in ("width", "height"):
+        value = getattr(spec, field)
+        if field not in out_of_range and value > preset.max_side:
+            problems.append((field, f"{value} is more than {preset.name} can place; allowed at most "
+                                    f"{preset.max_side} (its position embedding covers {preset.rope_max_seq_len} "
+                                    f"patches of {preset.size_multiple} px)"))
+    if "num_frames" not in out_of_range and spec.num_frames > preset.max_frames:
+        problems.append(("num_frames", f"{spec.num_frames} is more than {preset.name} can place; allowed at most "
+                                       f"{preset.max_frames} (its position embedding covers "
+                                       f"{preset.rope_max_seq_len} latent frames)"))
     if "num_frames" not in out_of_range and (spec.num_frames - 1) % 4:
         low = (spec.num_frames - 1) // 4 * 4 + 1
         problems.append(("num_frames", f"{spec.num_frames} must be 4k+1 (e.g. {low} or {low + 4}); "
