@@ -18,6 +18,7 @@ from wanflow.locks import list_locks, lock
 from wanflow.media import probe_video
 from wanflow.presets import get_preset
 from wanflow.spec import RenderSpec
+from wanflow import transfer
 from wanflow.transfer import FinalRequest, TransferError, plan_final, render_final
 from wanflow.video2video import input_frames
 
@@ -74,6 +75,7 @@ def test_each_mode_renders_a_final_with_lineage(locked, mode, final, extra, tmp_
         assert tags["task"] == "v2v" and tags["transfer_strength"] == "0.6" and "transfer_frame" not in tags
         assert tags["pipeline"] == "WanVideoToVideoPipeline"
         assert params["strength"] == "0.6" and params["video_sha256"]
+        assert params["flow_shift"] == "1.0"  # DRAFT_V2V_FLOW_SHIFT, not the preset's 12: starts at t = 600
         assert len(result.steps) == int(6 * 0.6) and run.data.metrics["steps_transformer_2"] >= 1
 
 
@@ -159,7 +161,7 @@ def test_frame_past_the_drafts_end_and_missing_lock_fail_before_downloading(lock
     assert len(wanflow.history(store)) == runs
 
 
-def test_final_spec_id_names_the_request_not_chance():
+def test_final_spec_id_names_the_request_not_chance(monkeypatch):
     a = FinalRequest(lock_name="hero", final_preset="tiny-t2v-a14b", mode="draft-v2v", strength=0.5)
     assert a.final_spec_id("run1") == FinalRequest(lock_name="hero", final_preset="tiny-t2v-a14b", mode="draft-v2v",
                                                    strength=0.5, frame_index=3, seed=-1).final_spec_id("run1")
@@ -168,6 +170,10 @@ def test_final_spec_id_names_the_request_not_chance():
                                                    strength=0.4).final_spec_id("run1")
     assert a.final_spec_id("run1") != FinalRequest(lock_name="hero", final_preset="tiny-t2v-a14b", mode="draft-v2v",
                                                    strength=0.5, seed=1).final_spec_id("run1")
+    # a draft-v2v final made at another flow shift is another final: a replay does not skip it as done
+    at_shift_1 = a.final_spec_id("run1")
+    monkeypatch.setattr(transfer, "DRAFT_V2V_FLOW_SHIFT", 5.0)
+    assert a.final_spec_id("run1") != at_shift_1
 
 
 def test_spec_checks_video_inputs(locked):

@@ -32,14 +32,19 @@ from wanflow.presets import PRESETS, get_preset
 from wanflow.spec import MAX_SEED, RenderSpec
 
 MODES = ("fresh", "first-frame", "draft-v2v")
-#: draft-v2v strength when none is given: low enough that the final keeps the draft's layout and the low-noise
-#: expert refines it. With flow shift f the first timestep of strength s is 1000 f s / (1 + (f - 1) s): 0.3 starts
-#: at ~837 on T2V-A14B (shift 12) and ~682 on micro-a14b (shift 5), both below the 875 boundary, so the high-noise
-#: expert, which lays out the scene, does not run; 0.5 would start at ~923 on T2V-A14B and re-lay it. Measured on
-#: the micro models (micro-ti2v drafts, micro-a14b finals, 82 held-out drafts, CPU; wanflow/micro/weights/
-#: TRAINING.md): colour, motion and start all kept in 35% of finals at 0.5, 60% at 0.3, 74% at 0.2, 88% at 0.1
-#: (41 drafts). Lower keeps more of the draft and takes less from the final model: 0.3 is the middle.
+#: draft-v2v strength when none is given. With :data:`DRAFT_V2V_FLOW_SHIFT` (1) the strength is the noise level the
+#: final starts from on every model: 0.3 starts at 30% noise (t = 300), below both A14B boundaries (875 / 900), so
+#: the low-noise expert, which finishes a scene, refines the draft's layout over the last 30% of the steps and the
+#: high-noise one, which lays a scene out, does not run. Measured on the micro models (micro-ti2v drafts of the 41
+#: held-out prompts, seed 0, micro-a14b finals, CPU; wanflow/micro/weights/TRAINING.md): colour, motion and start
+#: all kept in 85.4% of finals at 0.3, the same as a one-step round trip (strength 0.05: what the VAE and the
+#: motion reader keep at all), 75.6% at 0.5. Lower keeps more of the draft and takes less from the final model.
 DEFAULT_STRENGTH = 0.3
+#: Flow shift of every draft-v2v final (the final preset's own shift is for renders from pure noise). At shift f,
+#: strength s starts at noise f s / (1 + (f - 1) s): with micro-a14b's 5 strength 0.3 started at 68% noise and the
+#: low-noise expert moved the object (all three kept in 58.5% of finals, against 85.4% at shift 1 and 78.0% at
+#: shift 2; same drafts as above); T2V-A14B's 12 would start at 84%. Part of the final's spec and its final_spec_id.
+DRAFT_V2V_FLOW_SHIFT = 1.0
 #: Run tags of a final render (``stage=final`` comes from :func:`wanflow.rendering.render`). Never ``lock``: that
 #: tag marks locked drafts (:mod:`wanflow.locks`).
 LINEAGE_TAGS = ("lock_name", "draft_run_id", "draft_spec_id", "transfer", "transfer_strength", "transfer_frame",
@@ -60,8 +65,9 @@ class FinalRequest:
         lock_name: the lock to render (``wanflow locks``).
         final_preset: the final model's preset (``wanflow models``).
         mode: ``fresh``, ``first-frame`` or ``draft-v2v`` (the notebook's ``transfer_mode``).
-        strength: draft-v2v only: 0 < strength <= 1, the share of the denoising steps that run (1 re-noises
-            fully); ignored by the other modes. Default :data:`DEFAULT_STRENGTH`.
+        strength: draft-v2v only: 0 < strength <= 1, the share of the denoising steps that run and, at
+            :data:`DRAFT_V2V_FLOW_SHIFT`, the noise level the final starts from (1 re-noises fully); ignored by the
+            other modes. Default :data:`DEFAULT_STRENGTH`.
         frame_index: first-frame only: the draft frame (0-based) that starts the final video; ignored otherwise.
         seed: the final model's seed; None or -1 draws a new one (stored in the final spec). Never the draft's.
         num_inference_steps, width, height, num_frames: overrides; None takes the final preset's official value.
@@ -95,13 +101,13 @@ class FinalRequest:
 
     def final_spec_id(self, draft_run_id: str) -> str:
         """16 hex digits naming this final render of the draft ``draft_run_id``: SHA-256 of the request's
-        canonical JSON (the draft run, final preset, mode, the strength or frame index the mode uses, and the
-        seed and settings given). Two requests with equal ids render the same final (a seed left to chance stays
+        canonical JSON (the draft run, final preset, mode, the strength and flow shift or the frame index the mode
+        uses, and the seed and settings given). Two requests with equal ids render the same final (a seed left to chance stays
         left to chance), so a batch that finds a FINISHED run with this id may skip it."""
         key = {"draft_run_id": draft_run_id, "final_preset": self.final_preset, "mode": self.mode,
                "seed": self.seed, **self.overrides()}
         if self.mode == "draft-v2v":
-            key["strength"] = float(self.strength)
+            key.update(strength=float(self.strength), flow_shift=DRAFT_V2V_FLOW_SHIFT)
         if self.mode == "first-frame":
             key["frame_index"] = int(self.frame_index)
         text = json.dumps(key, sort_keys=True, separators=(",", ":"))
@@ -232,7 +238,7 @@ def final_spec(plan: FinalPlan, folder: str | os.PathLike) -> RenderSpec:
         inputs.mkdir(parents=True, exist_ok=True)
         video = plan.lock.download("video.mp4", inputs)
         if request.mode == "draft-v2v":
-            fields.update(video=str(video.resolve()), strength=float(request.strength))
+            fields.update(video=str(video.resolve()), strength=float(request.strength), flow_shift=DRAFT_V2V_FLOW_SHIFT)
         else:
             fields["image"] = str(_save_frame(video, request.frame_index, inputs).resolve())
     return RenderSpec.model_validate(fields)

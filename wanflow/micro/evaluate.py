@@ -170,7 +170,8 @@ def transfer(device: str = "cpu", seeds=(0, 1, 2, 3), prompts: list[str] | None 
              weights: str | None = None, log=print) -> dict:
     """What finals keep of their drafts: for each prompt and seed a ``micro-ti2v`` draft, then on ``micro-a14b`` a
     ``draft-v2v`` final (the draft's mp4 re-noised to ``strength``, default
-    :data:`wanflow.transfer.DEFAULT_STRENGTH`) and a ``fresh`` final (same prompt, its own seed ``seed + 1000``).
+    :data:`wanflow.transfer.DEFAULT_STRENGTH`, at :data:`wanflow.transfer.DRAFT_V2V_FLOW_SHIFT`, as a replay makes
+    it) and a ``fresh`` final (same prompt, its own seed ``seed + 1000``).
 
     Returns, for ``draft-v2v`` and ``fresh``, the fraction (0..1) of finals whose detected object colour, motion and
     start (within :data:`START_TOLERANCE`) match the draft's, and ``all`` three, over all drafts with an object and
@@ -185,7 +186,7 @@ def transfer(device: str = "cpu", seeds=(0, 1, 2, 3), prompts: list[str] | None 
     from wanflow.loading import LoadOptions
     from wanflow.media import write_video
     from wanflow.spec import RenderSpec
-    from wanflow.transfer import DEFAULT_STRENGTH
+    from wanflow.transfer import DEFAULT_STRENGTH, DRAFT_V2V_FLOW_SHIFT
 
     prompts = list(HELDOUT_PROMPTS if prompts is None else prompts)
     strength = DEFAULT_STRENGTH if strength is None else strength
@@ -208,7 +209,7 @@ def transfer(device: str = "cpu", seeds=(0, 1, 2, 3), prompts: list[str] | None 
                 path = write_video(draft.frames, Path(tmp) / f"draft-{seed}-{i}.mp4", get_preset("micro-ti2v").fps)
                 finals = {
                     "draft-v2v": RenderSpec(preset="micro-a14b", prompt=prompt, seed=seed, video=str(path),
-                                            strength=strength),
+                                            strength=strength, flow_shift=DRAFT_V2V_FLOW_SHIFT),
                     "fresh": RenderSpec(preset="micro-a14b", prompt=prompt, seed=seed + 1000),
                 }
                 adherent = score(draft.frames, prompt)["all"]  # a draft a user would lock
