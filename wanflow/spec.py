@@ -41,7 +41,7 @@ LIMITS = {
 
 #: Video-to-video strength when a spec gives ``video`` but no ``strength``: diffusers' ``WanVideoToVideoPipeline``
 #: default.
-DEFAULT_STRENGTH = 0.8
+V2V_DEFAULT_STRENGTH = 0.8
 #: Fields added after version 1 are left out of the canonical JSON while unset, so older specs keep their ids.
 _OPTIONAL_FIELDS = ("video", "video_sha256", "strength", "approximations")
 
@@ -133,7 +133,7 @@ class RenderSpec(BaseModel):
             if data.get(key) is not None:
                 data[key] = os.path.abspath(os.path.expanduser(data[key]))
         if data.get("video") is not None and data.get("strength") is None:
-            data["strength"] = DEFAULT_STRENGTH
+            data["strength"] = V2V_DEFAULT_STRENGTH
         return data
 
     @model_validator(mode="after")

@@ -37,8 +37,9 @@ MODES = ("fresh", "first-frame", "draft-v2v")
 #: the low-noise expert, which finishes a scene, refines the draft's layout over the last 30% of the steps and the
 #: high-noise one, which lays a scene out, does not run. Measured on the micro models (micro-ti2v drafts of the 41
 #: held-out prompts, seed 0, micro-a14b finals, CPU; wanflow/micro/weights/TRAINING.md): colour, motion and start
-#: all kept in 85.4% of finals at 0.3, the same as a one-step round trip (strength 0.05: what the VAE and the
-#: motion reader keep at all), 75.6% at 0.5. Lower keeps more of the draft and takes less from the final model.
+#: all kept in 85.4% of finals at 0.3, as many as a one-step final from 21% noise (strength 0.05 at shift 5), 75.6%
+#: at 0.5. Lower keeps more of the draft and takes less from the final model. The final runs the last
+#: int(steps x strength) steps, so the start is the timestep of the first of them.
 DEFAULT_STRENGTH = 0.3
 #: Flow shift of every draft-v2v final (the final preset's own shift is for renders from pure noise). At shift f,
 #: strength s starts at noise f s / (1 + (f - 1) s): with micro-a14b's 5 strength 0.3 started at 68% noise and the

@@ -1,7 +1,7 @@
 """Session-6 experiment (2026-11-29), kept as it ran (CPU, ~12 min): what a draft-v2v final on micro-a14b keeps of a
 micro-ti2v draft (object colour, motion, start; wanflow.micro.evaluate's reader) at several strengths and flow
-shifts, seed 0, the 41 held-out prompts. Strength 0.05 (one step of 20) is close to a plain VAE round trip: the most
-any setting can keep under this reader. Output: bench/results/transfer-flow-shift-probe.log. It led to
+shifts, seed 0, the 41 held-out prompts. Strength 0.05 at shift 5 is one step of 20 from 21% noise (labelled "near
+round trip" in the log). Output: bench/results/transfer-flow-shift-probe.log. It led to
 wanflow.transfer.DRAFT_V2V_FLOW_SHIFT = 1. Usage, from the repository root: python bench/experiments/v2v_flow_shift.py
 """
 import sys, tempfile, time, json
