@@ -118,12 +118,14 @@ def test_the_largest_placeable_video_is_accepted_and_the_limits_match_the_models
     from pathlib import Path
 
     import wanflow
-    from wanflow.presets import PRESETS
+    from wanflow.presets import PRESETS, SMALL_ROPE_MAX_SEQ_LEN
+    from wanflow.tiny import build_transformer
 
     assert make(preset="micro-ti2v", width=1024, height=32, num_frames=125).num_frames == 125
     weights = Path(wanflow.__file__).parent / "micro" / "weights"
     for name in ("micro-ti2v/transformer", "micro-a14b/transformer", "micro-a14b/transformer_2"):
         config = json.loads((weights / name / "config.json").read_text())
-        assert config["rope_max_seq_len"] == PRESETS[name.split("/")[0]].rope_max_seq_len == 32
+        assert config["rope_max_seq_len"] == PRESETS[name.split("/")[0]].rope_max_seq_len == SMALL_ROPE_MAX_SEQ_LEN
+    assert build_transformer("ti2v-5b", 16).config.rope_max_seq_len == PRESETS["tiny-ti2v"].rope_max_seq_len
     assert {p.rope_max_seq_len for p in PRESETS.values() if p.kind == "real"} == {1024}
     assert PRESETS["ti2v-5b"].max_side > 4096 and PRESETS["ti2v-5b"].max_frames > 1025  # never the binding limit

@@ -121,6 +121,9 @@ class Preset:
         }
 
 
+#: ``rope_max_seq_len`` of the project's tiny and micro transformers (``wanflow.tiny.build_transformer``; the shipped
+#: micro configs have it too): 32 positions per axis, against 1024 in the Wan2.2 checkpoints.
+SMALL_ROPE_MAX_SEQ_LEN = 32
 _TI2V = dict(structure="ti2v-5b", tasks=("t2v", "i2v"), size_multiple=32, boundary_ratio=None)
 _T2V_A14B = dict(structure="t2v-a14b", tasks=("t2v",), size_multiple=16, boundary_ratio=0.875)
 _I2V_A14B = dict(structure="i2v-a14b", tasks=("i2v",), size_multiple=16, boundary_ratio=0.900)
@@ -148,19 +151,19 @@ _PRESETS: list[Preset] = [
     # Tiny: random weights in each real structure, built on the fly (wanflow.tiny). Same flow_shift, guidance and
     # boundary as the real variant so that the settings' path to the pipeline is tested; few steps and frames.
     Preset(
-        name="tiny-ti2v", kind="tiny", rope_max_seq_len=32, **_TI2V,
+        name="tiny-ti2v", kind="tiny", rope_max_seq_len=SMALL_ROPE_MAX_SEQ_LEN, **_TI2V,
         description="random weights in the TI2V-5B structure (48-channel 16x VAE, expand_timesteps); tests only",
         num_inference_steps=4, flow_shift=5.0, guidance_scale=5.0, guidance_scale_2=None,
         num_frames=9, fps=24, sizes=((64, 64),),
     ),
     Preset(
-        name="tiny-t2v-a14b", kind="tiny", rope_max_seq_len=32, **_T2V_A14B,
+        name="tiny-t2v-a14b", kind="tiny", rope_max_seq_len=SMALL_ROPE_MAX_SEQ_LEN, **_T2V_A14B,
         description="random weights in the T2V-A14B structure (two experts, 16-channel 8x VAE); tests only",
         num_inference_steps=6, flow_shift=12.0, guidance_scale=4.0, guidance_scale_2=3.0,
         num_frames=9, fps=16, sizes=((64, 64),),
     ),
     Preset(
-        name="tiny-i2v-a14b", kind="tiny", rope_max_seq_len=32, **_I2V_A14B,
+        name="tiny-i2v-a14b", kind="tiny", rope_max_seq_len=SMALL_ROPE_MAX_SEQ_LEN, **_I2V_A14B,
         description="random weights in the I2V-A14B structure (two experts, 36 input channels); tests only",
         num_inference_steps=6, flow_shift=5.0, guidance_scale=3.5, guidance_scale_2=3.5,
         num_frames=9, fps=16, sizes=((64, 64),),
@@ -169,13 +172,13 @@ _PRESETS: list[Preset] = [
     # Settings: the best of a grid of flow_shift x guidance on the held-out prompts, seeds 0-1
     # (python -m wanflow.micro.evaluate --grid; micro-v2 numbers in wanflow/micro/weights/TRAINING.md).
     Preset(
-        name="micro-ti2v", kind="micro", rope_max_seq_len=32, **_TI2V,
+        name="micro-ti2v", kind="micro", rope_max_seq_len=SMALL_ROPE_MAX_SEQ_LEN, **_TI2V,
         description="micro model in the TI2V-5B structure, trained on procedural clips; renders in seconds on a CPU",
         num_inference_steps=20, flow_shift=3.0, guidance_scale=4.0, guidance_scale_2=None,
         num_frames=17, fps=8, sizes=((128, 128),), negative_prompt="",
     ),
     Preset(
-        name="micro-a14b", kind="micro", rope_max_seq_len=32, **_T2V_A14B,
+        name="micro-a14b", kind="micro", rope_max_seq_len=SMALL_ROPE_MAX_SEQ_LEN, **_T2V_A14B,
         description="micro model in the T2V-A14B structure (two experts), trained on procedural clips",
         num_inference_steps=20, flow_shift=5.0, guidance_scale=3.0, guidance_scale_2=3.0,
         num_frames=17, fps=8, sizes=((128, 128),), negative_prompt="",

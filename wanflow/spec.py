@@ -348,8 +348,6 @@ def _problems(spec: RenderSpec, preset: Preset) -> list[tuple[str, str]]:
                 f"{value} must be a multiple of {preset.size_multiple} on {preset.name}; "
                 f"{_nearest(value, official)} is the official size",
             ))
-    for field in ("width", "height"):
-        value = getattr(spec, field)
         if field not in out_of_range and value > preset.max_side:
             problems.append((field, f"{value} is more than {preset.name} can place; allowed at most "
                                     f"{preset.max_side} (its position embedding covers {preset.rope_max_seq_len} "

@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel
 
 from wanflow import text
-from wanflow.presets import Preset, Structure
+from wanflow.presets import SMALL_ROPE_MAX_SEQ_LEN, Preset, Structure
 
 #: Bump when the tiny builders change, so cached copies are rebuilt.
 TINY_FORMAT = 1
@@ -58,7 +58,7 @@ def build_transformer(
     return WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim,
         in_channels=in_channels, out_channels=out_channels, text_dim=text_dim, freq_dim=freq_dim,
-        ffn_dim=ffn_dim, num_layers=layers, rope_max_seq_len=32,
+        ffn_dim=ffn_dim, num_layers=layers, rope_max_seq_len=SMALL_ROPE_MAX_SEQ_LEN,
     )
 
 
