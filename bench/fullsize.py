@@ -1,7 +1,7 @@
 """Full-size Wan2.2 pipelines with random weights, and the FLOP count of one transformer forward.
 
 Compute does not depend on the weights' values, so a full-size model with random weights times a real render
-without a checkpoint (``shared/RESEARCH.md`` §2). Sizes are the real configs (RESEARCH §1; the Diffusers
+without a checkpoint (``FACTS.md`` §2). Sizes are the real configs (FACTS.md §1; the Diffusers
 conversions' ``config.json``): TI2V-5B 30 layers x 24 heads x 128, ffn 14336, in/out 48; A14B experts 40 x 40 x 128,
 ffn 13824, in/out 16 (diffusers' ``WanTransformer3DModel`` defaults); UMT5-XXL text encoder (24 layers, d_model 4096,
 d_ff 10240, 64 heads, vocabulary 256,384); the Wan2.2 VAE (base_dim 160, decoder_base_dim 256, z_dim 48) or the
@@ -71,7 +71,7 @@ def forward_flops(structure: str, tokens: int, text_tokens: int = TEXT_TOKENS) -
     """FLOPs of one transformer forward (multiply-add = 2 FLOPs), per block summed over blocks: self-attention
     projections 4 x 2Nd^2, attention 2 x 2N^2 d, cross-attention q/o 2 x 2Nd^2, k/v 2 x 2Ld^2, attention
     2 x 2NLd, feed-forward 2 x 2Nd*ffn (N tokens, L text tokens, d width). TI2V-5B 720p: 517 TFLOP, 53% attention
-    (matches ``shared/RESEARCH.md`` §2). Returns ``total`` and ``attention`` (self-attention kernel alone)."""
+    (matches ``FACTS.md`` §2). Returns ``total`` and ``attention`` (self-attention kernel alone)."""
     config = TRANSFORMER["ti2v-5b" if structure == "ti2v-5b" else "t2v-a14b"]
     d = config["num_attention_heads"] * config["attention_head_dim"]
     n, lt = tokens, text_tokens

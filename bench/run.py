@@ -10,7 +10,7 @@ Plain diffusers: ``WanPipeline.__call__`` with every setting passed explicitly, 
 :func:`wanflow.acceleration.accelerate` (the attention backend it picks, compiled blocks). Each case writes
 ``<out>/<case>[-<approx>].json``; the tables in ``BENCHMARKS.md`` are written from them.
 
-Cases (official settings, RESEARCH.md §1): ``ti2v-720p`` TI2V-5B 1280x704x121, 50 steps (the headline);
+Cases (official settings, FACTS.md §1): ``ti2v-720p`` TI2V-5B 1280x704x121, 50 steps (the headline);
 ``ti2v-preview`` 640x352x49, 20 steps (the explore loop); ``a14b-720p`` / ``a14b-480p`` T2V-A14B 1280x720x81 /
 832x480x81, 40 steps: a whole A14B render takes 16 minutes, so each expert's forward is timed (one warm-up, then
 :data:`TIMED_FORWARDS`) and the render is extrapolated from the scheduler's split of the 40 steps between experts,

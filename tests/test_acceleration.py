@@ -79,7 +79,7 @@ def test_fast_path_is_for_real_models_on_cuda():
 
 
 def test_tokens_per_forward_match_the_measured_table():
-    # shared/RESEARCH.md §2: 27,280 / 75,600 / 32,760 tokens
+    # FACTS.md §2: 27,280 / 75,600 / 32,760 tokens
     assert get_preset("ti2v-5b").tokens() == 27280
     assert get_preset("t2v-a14b").tokens() == 75600
     assert get_preset("t2v-a14b").tokens(832, 480, 81) == 32760

@@ -12,7 +12,7 @@ from wanflow import tiny
 from wanflow.loading import LoadOptions, ModelNotFoundError, find_model, load_pipeline
 from wanflow.presets import PRESETS, UnknownPresetError, get_preset
 
-# shared/RESEARCH.md §1 (wan/configs/*.py, generate.py)
+# FACTS.md §1 (wan/configs/*.py, generate.py)
 OFFICIAL = {
     "ti2v-5b": dict(steps=50, shift=5.0, g=5.0, g2=None, boundary=None, frames=81 + 40, fps=24, size=(1280, 704)),
     "t2v-a14b": dict(steps=40, shift=12.0, g=4.0, g2=3.0, boundary=0.875, frames=81, fps=16, size=(1280, 720)),

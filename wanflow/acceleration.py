@@ -7,7 +7,7 @@ Exact path (same math, bf16 noise only), on by default on CUDA (``LoadOptions.fa
   shape (:func:`pick_attention`) among diffusers' exact backends (cuDNN, FlashAttention 3/2, PyTorch's flash and
   memory-efficient kernels, PyTorch's default), set on every expert. Attention is 53% of TI2V-5B's and 72% of an
   A14B expert's FLOPs at 720p, and on one H200 cuDNN ran at 616 / 556 TFLOP/s against 371 / 353 for PyTorch's
-  flash kernel (``shared/RESEARCH.md`` §2), so the kernel decides the speed. The choice is a run tag.
+  flash kernel (``FACTS.md`` §2), so the kernel decides the speed. The choice is a run tag.
 - **one timestep per sample** for TI2V-5B text-to-video (:func:`uniform_timestep`): without an image every token
   has the same timestep, so the transformer embeds one instead of one per token.
 - **regional compilation** (``compile_repeated_blocks``: the transformer block is compiled once and reused by every
@@ -55,7 +55,7 @@ import torch
 
 from wanflow.spec import STEP_CACHES
 
-#: diffusers' exact attention backends, fastest first where known (``shared/RESEARCH.md`` §2). ``native`` is
+#: diffusers' exact attention backends, fastest first where known (``FACTS.md`` §2). ``native`` is
 #: ``F.scaled_dot_product_attention`` with PyTorch's own choice: always available, the fallback.
 EXACT_ATTENTION = ("_flash_3", "flash", "_native_cudnn", "_native_flash", "_native_efficient", "native")
 #: diffusers' default First Block Cache threshold (``FirstBlockCacheConfig``): mean absolute relative change of the
@@ -322,7 +322,7 @@ def channels_last(vae: torch.nn.Module) -> int:
 def accelerate(experts: dict[str, torch.nn.Module], device: torch.device, tokens: int, compile_blocks: bool,
                approximations: Iterable[str] = (), vae: torch.nn.Module | None = None) -> dict[str, str]:
     """Apply the exact fast path and ``approximations`` to every expert (``transformer``, ``transformer_2``), in
-    place. Per-expert features must reach both experts of a two-expert model (``shared/RESEARCH.md`` §1). A step
+    place. Per-expert features must reach both experts of a two-expert model (``FACTS.md`` §1). A step
     cache among ``approximations`` is put on per render (:func:`step_cache`); with one, the blocks are compiled
     beneath its hooks (:func:`compile_under_hooks`).
 

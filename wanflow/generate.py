@@ -89,7 +89,7 @@ class Generation:
 
 def _set_flow_shift(pipe, flow_shift: float) -> None:
     """Replace the scheduler by the same class with ``flow_shift`` (UniPC: ``flow_shift``; flow-match Euler:
-    ``shift``). The Diffusers conversions of A14B bake 3.0 into their config (``shared/RESEARCH.md`` §1)."""
+    ``shift``). The Diffusers conversions of A14B bake 3.0 into their config (``FACTS.md`` §1)."""
     config = dict(pipe.scheduler.config)
     key = "flow_shift" if "flow_shift" in config else "shift"
     if config.get(key) != flow_shift:

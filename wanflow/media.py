@@ -5,7 +5,7 @@ Every file is written under a temporary name in its final folder and renamed int
 name that looks finished; :func:`write_outputs` renames a render's four files only once all four are written. The
 mp4 counts as written only when ffmpeg exits with status 0 (a full disk makes ffmpeg fail at its last write, after
 every frame was sent). H.264 in yuv420p is what browsers (and so the MLflow UI) play; OpenCV's ``mp4v`` shows a
-blank player (``shared/RESEARCH.md`` §3).
+blank player (``FACTS.md`` §3).
 """
 
 from __future__ import annotations

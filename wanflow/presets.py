@@ -2,7 +2,7 @@
 
 A preset names a model (where its weights come from and which structure it has) and the settings the model's
 authors render it with. The numbers for the real variants come from Wan-Video/Wan2.2 ``wan/configs/*.py`` and
-``generate.py`` (see ``shared/RESEARCH.md`` §1): diffusers' own ``__call__`` defaults fit none of them, so wanflow
+``generate.py`` (see ``FACTS.md`` §1): diffusers' own ``__call__`` defaults fit none of them, so wanflow
 always passes every setting explicitly.
 """
 
@@ -90,7 +90,7 @@ class Preset:
     def tokens(self, width: int | None = None, height: int | None = None, num_frames: int | None = None) -> int:
         """Sequence length of one transformer forward at this size (default: the preset's own): latent frames
         ``(F - 1) // 4 + 1`` times latent pixels over the 2x2 patch, i.e. ``(H / size_multiple) * (W /
-        size_multiple)``. TI2V-5B 1280x704x121: 27,280; A14B 1280x720x81: 75,600 (``shared/RESEARCH.md`` §2)."""
+        size_multiple)``. TI2V-5B 1280x704x121: 27,280; A14B 1280x720x81: 75,600 (``FACTS.md`` §2)."""
         width, height = width or self.width, height or self.height
         frames = num_frames or self.num_frames
         return ((frames - 1) // 4 + 1) * (height // self.size_multiple) * (width // self.size_multiple)

@@ -50,7 +50,7 @@ class Adapter(BaseModel):
     """A LoRA adapter to apply to the experts (room for later; rendering with adapters is not implemented yet).
 
     ``target`` names the experts it goes into: on two-expert models per-expert features must reach both
-    ``transformer`` and ``transformer_2`` (``shared/RESEARCH.md`` §1).
+    ``transformer`` and ``transformer_2`` (``FACTS.md`` §1).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

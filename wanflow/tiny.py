@@ -28,7 +28,7 @@ def build_vae(
 ) -> AutoencoderKLWan:
     """A Wan VAE with random weights: the Wan2.2 VAE for ``ti2v-5b`` (z_dim 48, patch_size 2, 16x spatial,
     residual) or the Wan2.1 VAE for the A14B structures (z_dim 16, 8x spatial); 4x temporal for both
-    (``shared/RESEARCH.md`` §1). Latent mean 0 and std 1: the real per-channel statistics fit only real weights.
+    (``FACTS.md`` §1). Latent mean 0 and std 1: the real per-channel statistics fit only real weights.
 
     ``dim_mult`` (channel multiplier per resolution level, 4 levels = 3 spatial downsamplings) and
     ``num_res_blocks`` are exposed for the micro models (:mod:`wanflow.micro.train`); the defaults are the tiny ones."""

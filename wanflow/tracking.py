@@ -2,7 +2,7 @@
 
 The store: ``--tracking-uri`` / ``tracking_uri=``, else ``$MLFLOW_TRACKING_URI``, else the project's default,
 ``sqlite:///mlruns/mlflow.db`` under the current folder with artifacts in ``mlruns/artifacts`` (a SQLite store,
-not the file store that MLflow >= 3.13 refuses without ``MLFLOW_ALLOW_FILE_STORE``; ``shared/RESEARCH.md`` §3).
+not the file store that MLflow >= 3.13 refuses without ``MLFLOW_ALLOW_FILE_STORE``; ``FACTS.md`` §3).
 
 Runs are written through ``MlflowClient`` (explicit run ids, no global active run), so batch code and several
 renders in one process never mix up runs. A run is created before the render starts and always ends: FINISHED

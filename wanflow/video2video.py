@@ -3,7 +3,7 @@
 ``WanVideoToVideoPipeline`` (diffusers 0.42) knows one ``transformer`` and one ``guidance_scale``. The A14B models
 have two experts: ``transformer`` for high noise (timesteps ``t >= boundary_ratio * 1000``, with ``guidance_scale``)
 and ``transformer_2`` for low noise (with ``guidance_scale_2``), as ``WanPipeline.__call__`` switches them
-(``shared/RESEARCH.md`` §1). :class:`ExpertRouter` stands in as the pipeline's one ``transformer``: the pipeline is
+(``FACTS.md`` §1). :class:`ExpertRouter` stands in as the pipeline's one ``transformer``: the pipeline is
 called with ``guidance_scale=1.0`` (so it runs no classifier-free guidance of its own) and the router, on every
 call, picks the expert for the call's timestep and runs CFG itself (cond, then uncond with the negative prompt
 embeddings, ``uncond + scale * (cond - uncond)``, as ``WanPipeline`` does).
