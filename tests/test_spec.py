@@ -82,6 +82,22 @@ def test_non_image_file_is_rejected(tmp_path):
         make(image=str(fake))
 
 
+@pytest.mark.parametrize("suffix", ["gif", "webp"])
+def test_animated_image_is_rejected_and_a_still_gif_is_accepted(tmp_path, suffix):
+    """An animated image would silently start the video from its first frame: refused, with the frame count."""
+    from PIL import Image
+
+    frames = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue", "green")]
+    animated = tmp_path / f"clip.{suffix}"
+    frames[0].save(animated, save_all=True, append_images=frames[1:], duration=100)
+    with pytest.raises(ValidationError, match=r"image: .*clip\.%s is animated \(3 frames\); image-to-video starts "
+                       r"from one still image" % suffix):
+        make(image=str(animated))
+    still = tmp_path / f"still.{suffix}"
+    frames[0].save(still)
+    assert make(image=str(still)).task == "i2v"
+
+
 def test_image_is_hashed_and_a_changed_image_is_caught(red_image):
     spec = make(image=str(red_image))
     assert spec.task == "i2v" and len(spec.image_sha256) == 64

@@ -417,12 +417,15 @@ def _image_problem(path: Path) -> str | None:
         with Image.open(path) as img:
             img.verify()
         with Image.open(path) as img:
-            mode = img.mode
+            mode, frames = img.mode, getattr(img, "n_frames", 1)
             img.load()
     except PermissionError:
         return f"{path} is not readable (permission denied)"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return f"{path} is not an image PIL can read ({err.__class__.__name__}); use PNG, JPEG or WebP"
+    if frames > 1:
+        return (f"{path} is animated ({frames} frames); image-to-video starts from one still image: save the frame "
+                "you want as PNG, JPEG or WebP")
     if mode not in IMAGE_MODES:
         return (f"{path} has mode {mode} (more than 8 bits per channel); use an 8-bit RGB, RGBA, grayscale or "
                 "palette image (PNG, JPEG or WebP)")
