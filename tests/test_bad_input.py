@@ -335,6 +335,8 @@ CASES = [
                                                "10"]}, "num_frames", "must be 4k+1"),
     Case("cli-replay-strength-text", "cli", {"argv": ["replay", "--mode", "draft-v2v", "--strength", "half"]},
          "strength", "allowed 0 < strength <= 1"),
+    Case("cli-replay-strength-no-locks", "cli", {"argv": ["replay", "--mode", "draft-v2v", "--strength", "2"]},
+         "strength", "2.0 is out of range; allowed 0 < strength <= 1"),  # checked before the store is read
     Case("cli-replay-strength-other-mode", "cli", {"argv": ["replay", "--mode", "fresh", "--strength", "0.3"]},
          "--strength", "only for --mode draft-v2v; this replay is --mode fresh"),
     Case("cli-replay-frame-other-mode", "cli", {"argv": ["replay", "--mode", "draft-v2v", "--frame", "4"]},

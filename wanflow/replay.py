@@ -186,10 +186,14 @@ def replay(
     final_preset = final_preset or DEFAULT_FINAL.get(mode, "t2v-a14b")
     settings = dict(final_preset=final_preset, mode=mode, strength=strength, frame_index=frame_index, seed=seed,
                     num_inference_steps=steps, width=width, height=height, num_frames=num_frames)
-    names = list(locks) if locks is not None else list(list_locks(uri)["name"])
+    names = list(locks) if locks is not None else None
+    for name in names or ["placeholder"]:  # bad input raises here, before the store is read
+        FinalRequest(lock_name=name, **settings)
+    if names is None:
+        names = list(list_locks(uri)["name"])
     if not names:
         report(f"no locks in {uri}: lock a draft first (`wanflow lock RUN_ID --name NAME`, see `wanflow history`)")
-    requests = {name: FinalRequest(lock_name=name, **settings) for name in names}  # bad input raises here
+    requests = {name: FinalRequest(lock_name=name, **settings) for name in names}
     held = {name: get_lock(name, uri) for name in names}  # so does a missing lock
     if mode == "first-frame" and held and all(frame_index >= lock.spec.num_frames for lock in held.values()):
         longest = max(held.values(), key=lambda lock: lock.spec.num_frames)
