@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -32,6 +33,19 @@ def test_lock_tags_the_run_and_reads_back_its_spec(drafts, store):
     assert table[["name", "run_id", "seed", "prompt"]].values.tolist() == [
         ["hero", drafts[0].run_id, "0", f"{PROMPT} 0"]]
     assert get_lock("hero", store).download("video.mp4", store.removeprefix("sqlite:///") + ".dl").stat().st_size > 0
+
+
+def test_reading_a_lock_draws_no_download_bar(drafts, store, tmp_path, capfd, monkeypatch):
+    """MLflow draws a "Downloading artifacts" bar for every file it copies; a lock's spec and video are single small
+    files, and the bar was noise in every replay log. The switch is restored afterwards."""
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
+    lock(drafts[0].run_id, "hero", store)
+    capfd.readouterr()
+    held = get_lock("hero", store)
+    assert held.download("video.mp4", tmp_path / "dl").stat().st_size > 0
+    out, err = capfd.readouterr()
+    assert "Downloading artifacts" not in out + err
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "true"
 
 
 def test_names_are_unique_and_moving_needs_force(drafts, store):

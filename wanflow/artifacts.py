@@ -7,9 +7,13 @@ them would only cost time. Remote stores (a tracking server, S3) go through ``ml
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+#: MLflow's switch for the "Downloading artifacts" bar it draws on every download, even of one small file.
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class ArtifactMissingError(FileNotFoundError):
@@ -24,6 +28,22 @@ def local_artifact_dir(artifact_uri: str) -> Path | None:
     if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):  # plain path (or C:\ on Windows)
         return Path(artifact_uri)
     return None
+
+
+@contextlib.contextmanager
+def quiet_downloads():
+    """MLflow downloads inside this block draw no progress bar (``$MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` is
+    ``false`` for its duration and restored after). wanflow downloads single small files (a spec, a draft video),
+    where the bar is noise in a replay's log."""
+    previous = os.environ.get(_PROGRESS_BAR)
+    os.environ[_PROGRESS_BAR] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_PROGRESS_BAR, None)
+        else:
+            os.environ[_PROGRESS_BAR] = previous
 
 
 def run_artifact(artifact_uri: str, name: str, folder: str | os.PathLike | None = None) -> Path:
@@ -49,7 +69,8 @@ def run_artifact(artifact_uri: str, name: str, folder: str | os.PathLike | None 
     if folder is not None:
         Path(folder).mkdir(parents=True, exist_ok=True)
     try:
-        return Path(download_artifacts(artifact_uri=f"{artifact_uri.rstrip('/')}/{name}",
-                                       dst_path=None if folder is None else str(folder)))
+        with quiet_downloads():
+            return Path(download_artifacts(artifact_uri=f"{artifact_uri.rstrip('/')}/{name}",
+                                           dst_path=None if folder is None else str(folder)))
     except Exception as err:
         raise ArtifactMissingError(f"artifact: cannot read {name} from {artifact_uri}: {err}") from err

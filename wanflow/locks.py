@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from wanflow.artifacts import quiet_downloads
 from wanflow.spec import RenderSpec
 from wanflow.tracking import client_and_experiment
 
@@ -47,7 +48,8 @@ class Lock:
         """Copy one of the draft's root artifacts (e.g. ``video.mp4``) into ``folder``; returns its path."""
         from mlflow.artifacts import download_artifacts
 
-        return Path(download_artifacts(artifact_uri=f"{self.artifact_uri}/{artifact}", dst_path=str(folder)))
+        with quiet_downloads():
+            return Path(download_artifacts(artifact_uri=f"{self.artifact_uri}/{artifact}", dst_path=str(folder)))
 
 
 def check_name(name: str) -> str:
@@ -118,7 +120,7 @@ def unlock(name: str, tracking_uri: str | None = None) -> str:
 
 
 def _spec_of(client, run) -> RenderSpec:
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, quiet_downloads():
         path = client.download_artifacts(run.info.run_id, "spec.json", folder)
         return RenderSpec.load(path)
 
