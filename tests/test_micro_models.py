@@ -15,6 +15,7 @@ from wanflow.micro import evaluate
 from wanflow.micro.data import HELDOUT_PROMPTS
 from wanflow.presets import get_preset
 from wanflow.quality import detect
+from wanflow.transfer import DEFAULT_STRENGTH
 
 PROMPT = "a red circle moving left on a blue background"
 
@@ -74,7 +75,7 @@ def test_transfer_measures_what_finals_keep_of_all_and_of_adherent_drafts():
     over those that show their prompt (both do here). The colour always carries; a fresh final (another seed) keeps
     the start no better than draft-v2v does."""
     result = evaluate.transfer(seeds=(0,), prompts=HELDOUT_PROMPTS[:2], log=lambda *_: None)
-    assert result["drafts_with_object"] == "2/2" and result["strength"] == 0.3
+    assert result["drafts_with_object"] == "2/2" and result["strength"] == DEFAULT_STRENGTH
     for mode in ("draft-v2v", "fresh"):
         assert result[mode]["n"] == result[f"{mode} (adherent drafts)"]["n"] == 2
         assert result[mode]["colour"] == 1.0

@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how the draft carries over (default fresh)")
     rp.add_argument("--strength", type=_number("strength", "allowed 0 < strength <= 1"),
                     help="draft-v2v only: 0 < strength <= 1, the noise level the final starts from (it runs at "
-                         "flow shift 1) and the share of the steps that run (default 0.3)")
+                         "flow shift 1) and the share of the steps that run (default 0.15)")
     rp.add_argument("--frame", type=_integer("frame_index", "use an integer >= 0 (a frame of the draft)"),
                     help="first-frame only: the draft frame to start from (default 0)")
     rp.add_argument("--seed", type=seed, help="final seed (default: a random one per lock, drawn at its render; the same "

@@ -2,7 +2,7 @@
 ``draft-v2v``), with the lineage tags that link a final run to its lock and draft.
 
 Seeds do not carry across models: TI2V-5B samples 48-channel latents at 1/16 scale, A14B 16-channel at 1/8, so the
-same seed gives unrelated videos (``shared/RESEARCH.md`` §1). What carries a composition is the draft itself:
+same seed gives unrelated videos (``FACTS.md`` §1). What carries a composition is the draft itself:
 
 - ``fresh``: the draft's prompt (and negative prompt, when the draft set its own) with the final preset's official
   settings and the final model's own seed;
@@ -33,18 +33,21 @@ from wanflow.spec import MAX_SEED, RenderSpec
 
 MODES = ("fresh", "first-frame", "draft-v2v")
 #: draft-v2v strength when none is given. With :data:`DRAFT_V2V_FLOW_SHIFT` (1) the strength is the noise level the
-#: final starts from on every model: 0.3 starts at 30% noise (t = 300), below both A14B boundaries (875 / 900), so
-#: the low-noise expert, which finishes a scene, refines the draft's layout over the last 30% of the steps and the
-#: high-noise one, which lays a scene out, does not run. Measured on the micro models (micro-ti2v drafts of the 41
-#: held-out prompts, seed 0, micro-a14b finals, CPU; wanflow/micro/weights/TRAINING.md): colour, motion and start
-#: all kept in 85.4% of finals at 0.3, as many as a one-step final from 21% noise (strength 0.05 at shift 5), 75.6%
-#: at 0.5. Lower keeps more of the draft and takes less from the final model. The final runs the last
-#: int(steps x strength) steps, so the start is the timestep of the first of them.
-DEFAULT_STRENGTH = 0.3
+#: final starts from on every model: 0.15 starts at 15% noise (t = 150), below both A14B boundaries (875 / 900), so
+#: only the low-noise expert, which finishes a scene, runs: the last 15% of the steps (3 of micro-a14b's 20, 6 of
+#: T2V-A14B's 40). It is the largest strength probed that keeps the draft's object colour, motion and start in at
+#: least 90% of finals on the micro models (micro-ti2v drafts of the 41 held-out prompts, seeds 0-3, micro-a14b
+#: finals; ``bench/results/transfer-strength-probe.log``, float32 on a GPU, frames handed over without the mp4): all
+#: three kept in 93.9% at 0.1, 91.5% at 0.15, 89.0% at 0.2 and 86.6% at 0.3 (the default before). Through the kit
+#: (``python -m wanflow.micro.evaluate --transfer``, the drafts as mp4, CPU; ``bench/results/transfer-draft-v2v.json``)
+#: 0.15 keeps all three in 92.1%. A higher strength takes more from the final model and keeps less of the draft. The
+#: final runs the last int(steps x strength) steps, so the start is the timestep of the first of them.
+DEFAULT_STRENGTH = 0.15
 #: Flow shift of every draft-v2v final (the final preset's own shift is for renders from pure noise). At shift f,
 #: strength s starts at noise f s / (1 + (f - 1) s): with micro-a14b's 5 strength 0.3 started at 68% noise and the
 #: low-noise expert moved the object (all three kept in 58.5% of finals, against 85.4% at shift 1 and 78.0% at
-#: shift 2; same drafts as above); T2V-A14B's 12 would start at 84%. Part of the final's spec and its final_spec_id.
+#: shift 2; seed 0, 41 drafts, sixth session); T2V-A14B's 12 would start at 84%. Part of the final's spec and its
+#: final_spec_id.
 DRAFT_V2V_FLOW_SHIFT = 1.0
 #: Run tags of a final render (``stage=final`` comes from :func:`wanflow.rendering.render`). Never ``lock``: that
 #: tag marks locked drafts (:mod:`wanflow.locks`).

@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transfer", action="store_true",
                         help="measure what draft-v2v and fresh finals on micro-a14b keep of micro-ti2v drafts")
     parser.add_argument("--strength", type=_strength, help="draft-v2v strength for --transfer, 0 < s <= 1 "
-                                                             "(default: the kit's, 0.3)")
+                                                             "(default: the kit's, 0.15)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     if args.grid and args.transfer:
