@@ -372,7 +372,7 @@ CASES = [
     Case("pm-explore-preset-unknown", "papermill", explore_nb(preset="wan-9000"), "preset", "choose one of"),
     Case("pm-kernel-render-seed-text", "papermill", {**render_nb(seed="abc"), "kernel": True}, "seed",
          "is not an integer", error=TransferError),
-    Case("replay-seed-text", "papermill", {"replay": {"seed": "abc"}}, "seed", "or None / -1 for a new one",
+    Case("replay-seed-text", "papermill", {"replay": {"seed": "abc"}}, "seed", "or -1 for a new one",
          error=TransferError),
     Case("replay-v2v-on-i2v", "papermill", {"replay": {"mode": "draft-v2v", "final_preset": "tiny-i2v-a14b"}},
          "final_preset", "cannot run draft-v2v", error=TransferError),

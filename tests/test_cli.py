@@ -143,12 +143,15 @@ def test_bad_tracking_uris_fail_fast_and_leave_nothing(tmp_path, capsys, monkeyp
 
 
 def test_bad_numbers_for_history_and_ui_are_argparse_errors(capsys):
-    for argv in (["history", "--limit", "0"], ["history", "--limit", "abc"], ["ui", "--port", "99999"]):
+    for argv in (["history", "--limit", "0"], ["history", "--limit", "abc"], ["ui", "--port", "99999"],
+                 ["ui", "--port", "abc"]):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(argv)
         assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "is not a TCP port" in err and "argument --limit: 'abc' is not a positive integer" in err
+    assert "port: '99999' is not a TCP port; use an integer 1..65535" in err
+    assert "port: 'abc' is not a TCP port; use an integer 1..65535" in err
+    assert "argument --limit: 'abc' is not a positive integer" in err
 
 
 def test_ui_binds_to_localhost_and_opens_the_runs_table(tmp_path, monkeypatch, capsys, store):

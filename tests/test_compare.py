@@ -101,3 +101,7 @@ def test_cli_compare(lineage, tmp_path, capsys):  # noqa: F811
     assert "2 run(s)" in out and "settings that differ" in out and "#/compare-runs?runs=" in out
     assert cli.main(["compare", "nope", "--tracking-uri", store]) == 2
     assert "error: targets: 'nope' is neither a lock" in capsys.readouterr().err
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert cli.main(["compare", "hero", "--tracking-uri", store, "--out", str(a_file / "x")]) == 2
+    assert f"error: out_dir: cannot write to {a_file / 'x'}" in capsys.readouterr().err

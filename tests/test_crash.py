@@ -237,6 +237,20 @@ def test_orphan_rule(store, tmp_path):
     assert client.get_run(ids["dead pid"]).data.tags["ended_by"].startswith("test (process ")
 
 
+def test_an_orphans_render_folder_goes_when_its_staging_folder_was_all_it_held(store, tmp_path):
+    client, experiment_id = client_and_experiment(store)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    tags = {"host": socket.gethostname(), "pid": str(gone.pid)}
+    for name in ("alone", "with other files"):
+        run = client.create_run(experiment_id, tags={**tags, "out_dir": str(tmp_path / name)}, run_name=name)
+        (tmp_path / name / f".partial-{run.info.run_id}").mkdir(parents=True)
+    (tmp_path / "with other files" / "notes.txt").write_text("mine")
+    assert len(end_orphaned_runs(store, ended_by="test")) == 2
+    assert not (tmp_path / "alone").exists()
+    assert [p.name for p in (tmp_path / "with other files").iterdir()] == ["notes.txt"]
+
+
 def test_a_kernel_that_dies_mid_render_leaves_its_run_failed_not_running(store, tmp_path, monkeypatch):
     """Only the kernel dies (the OOM killer's way) while the replay lives: the replay ends the attempt's RUNNING
     run FAILED at once, removes its staging folder, and goes on. Without a kernel: the stand-in for papermill

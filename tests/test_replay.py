@@ -82,8 +82,8 @@ def test_replay_renders_and_records_a_failing_lock_without_stopping(batch):
 def test_rerun_skips_and_force_renders_again(batch, capsys):
     store, _, summary, _, folder = batch
     first = next(o for o in summary.outcomes if o.lock == "hero")
-    again = replay(["hero"], final_preset="tiny-i2v-a14b", mode="first-frame", frame_index=6, tracking_uri=store,
-                   out_dir=folder / "out", report=lambda line: None)
+    again = replay(["hero", "hero"], final_preset="tiny-i2v-a14b", mode="first-frame", frame_index=6,
+                   tracking_uri=store, out_dir=folder / "out", report=lambda line: None)  # a name twice: once
     assert [(o.status, o.run_id) for o in again.outcomes] == [("skipped", first.run_id)] and again.exit_code == 0
     code = cli.main(["replay", "--locks", "hero", "--model", "tiny-i2v-a14b", "--mode", "first-frame", "--frame", "6",
                      "--force", "--tracking-uri", store, "--out", str(folder / "out")])
@@ -101,6 +101,14 @@ def test_bad_replay_input_exits_2_before_any_notebook(batch, capsys, monkeypatch
     assert "final_preset: tiny-i2v-a14b cannot run draft-v2v" in capsys.readouterr().err
     assert cli.main(["replay", "--locks", "ghost", "--model", "tiny-t2v-a14b", "--tracking-uri", store]) == 2
     assert "name: no lock called 'ghost'" in capsys.readouterr().err
+    not_a_notebook = batch[4] / "render.png"
+    not_a_notebook.write_bytes(b"\x89PNG not really")
+    assert cli.main(["replay", "--notebook", str(not_a_notebook), "--model", "tiny-t2v-a14b", "--tracking-uri",
+                     store]) == 2
+    assert f"notebook: {not_a_notebook} is not a Jupyter notebook" in capsys.readouterr().err
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # a machine without a GPU, as CI is
+    assert cli.main(["replay", "--device", "cuda", "--model", "tiny-t2v-a14b", "--tracking-uri", store]) == 2
+    assert "device: 'cuda' asked for, but torch sees no CUDA GPU" in capsys.readouterr().err
 
 
 def test_a_render_that_fails_gets_its_notebook_on_its_own_failed_run(batch, monkeypatch, tmp_path):

@@ -55,7 +55,9 @@ import torch
 
 from wanflow.spec import STEP_CACHES
 
-#: diffusers' exact attention backends, fastest first where known (``FACTS.md`` §2). ``native`` is
+#: diffusers' exact attention backends that :func:`pick_attention` times; the fastest on the machine wins, so the order
+#: only breaks ties. On an H200 cuDNN beat PyTorch's flash and memory-efficient kernels (``FACTS.md`` §2);
+#: FlashAttention 3 and 2 (``_flash_3``, ``flash``) are timed where installed, never measured here. ``native`` is
 #: ``F.scaled_dot_product_attention`` with PyTorch's own choice: always available, the fallback.
 EXACT_ATTENTION = ("_flash_3", "flash", "_native_cudnn", "_native_flash", "_native_efficient", "native")
 #: diffusers' default First Block Cache threshold (``FirstBlockCacheConfig``): mean absolute relative change of the

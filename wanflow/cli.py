@@ -72,9 +72,12 @@ def _number(field: str, allowed: str):
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1..65535)")
+        raise argparse.ArgumentTypeError(f"port: {text!r} is not a TCP port; use an integer 1..65535")
     return value
 
 

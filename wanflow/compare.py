@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from wanflow.artifacts import ArtifactMissingError, run_artifact
+from wanflow.media import check_writable
 from wanflow.tracking import client_and_experiment
 
 #: Where ``wanflow ui`` serves the MLflow UI by default.
@@ -238,12 +239,13 @@ def compare(
 
     Raises:
         CompareError, wanflow.TrackingError: as :func:`resolve_runs`.
+        PermissionError: ``out_dir`` cannot be created or written (the message names ``out_dir``).
     """
     runs = resolve_runs(list(targets) if not isinstance(targets, str) else targets, tracking_uri)
     if out_dir is None:
         out_dir = Path("outputs") / f"compare-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
     previews = {}
     for run in runs:
         try:

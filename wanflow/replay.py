@@ -37,8 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import nbformat
 from jupyter_client import AsyncKernelManager
 
+from wanflow.loading import LoadOptions
 from wanflow.locks import get_lock, list_locks
 from wanflow.media import check_writable, safe_name
 from wanflow.tracking import (RenderRun, client_and_experiment, end_orphaned_runs, error_message,
@@ -176,6 +178,8 @@ def replay(
             lock's last frame), before any notebook runs.
         LockError: a named lock does not exist, before any notebook runs.
         FileNotFoundError: no notebook at ``notebook``.
+        ValueError: ``notebook`` is not a Jupyter notebook, or ``device`` / ``dtype`` is unknown or not on this
+            machine, before any notebook runs.
         PermissionError: ``out_dir`` cannot be written, before any notebook runs.
         wanflow.TrackingError: the store cannot be reached.
     """
@@ -183,10 +187,16 @@ def replay(
     notebook = Path(notebook) if notebook else NOTEBOOK
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook: {notebook} does not exist; pass --notebook PATH to 02_render.ipynb")
+    try:
+        nbformat.read(notebook, as_version=4)
+    except Exception as err:  # nbformat raises several kinds for a file that is not a notebook
+        raise ValueError(f"notebook: {notebook} is not a Jupyter notebook ({type(err).__name__}); pass --notebook "
+                         "PATH to 02_render.ipynb") from None
+    LoadOptions(device=device, dtype=dtype).torch_dtype()  # an unknown or absent device raises here, not per lock
     final_preset = final_preset or DEFAULT_FINAL.get(mode, "t2v-a14b")
     settings = dict(final_preset=final_preset, mode=mode, strength=strength, frame_index=frame_index, seed=seed,
                     num_inference_steps=steps, width=width, height=height, num_frames=num_frames)
-    names = list(locks) if locks is not None else None
+    names = list(dict.fromkeys(locks)) if locks is not None else None  # a name given twice renders once
     for name in names or ["placeholder"]:  # bad input raises here, before the store is read
         FinalRequest(lock_name=name, **settings)
     if names is None:

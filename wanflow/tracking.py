@@ -387,7 +387,8 @@ def orphan_reason(run, now: float | None = None, host: str | None = None) -> str
 def end_orphaned_runs(tracking_uri: str | None = None, ended_by: str = "") -> list[tuple[str, str]]:
     """End every orphaned RUNNING run of the wanflow experiment KILLED (the rule: :func:`orphan_reason`), with
     the tags ``error`` (``orphaned: <why>``) and ``ended_by`` (``ended_by``, then this process and host), and remove
-    its :func:`staging_folder` when it was made on this host. Returns ``(run_id, why)`` for each run ended.
+    its :func:`staging_folder` (and the render folder, if that leaves it empty) when it was made on this host.
+    Returns ``(run_id, why)`` for each run ended.
 
     Raises:
         TrackingError: the store cannot be reached.
@@ -405,6 +406,8 @@ def end_orphaned_runs(tracking_uri: str | None = None, ended_by: str = "") -> li
         out_dir = run.data.tags.get("out_dir")
         if out_dir and run.data.tags.get("host") == socket.gethostname():
             shutil.rmtree(staging_folder(out_dir, run.info.run_id), ignore_errors=True)
+            with contextlib.suppress(OSError):  # the render's folder, if the staging folder was all it held
+                Path(out_dir).rmdir()
         ended.append((run.info.run_id, why))
     return ended
 

@@ -156,10 +156,10 @@ def _request_problems(request: FinalRequest) -> list[tuple[str, str]]:
                 problems.append(("strength", f"{strength} with {steps} steps runs no denoising step "
                                              f"(int(steps x strength) = 0); use at least {1 / steps:.3g}"))
     if request.seed is not None and (isinstance(request.seed, bool) or not isinstance(request.seed, int)):
-        problems.append(("seed", f"{request.seed!r} is not an integer; use an integer 0..{MAX_SEED}, or None / -1 "
+        problems.append(("seed", f"{request.seed!r} is not an integer; use an integer 0..{MAX_SEED}, or -1 "
                                  "for a new one"))
     elif request.seed is not None and not 0 <= request.seed <= MAX_SEED:
-        problems.append(("seed", f"{request.seed!r} is out of range; use an integer 0..{MAX_SEED}, or None / -1 "
+        problems.append(("seed", f"{request.seed!r} is out of range; use an integer 0..{MAX_SEED}, or -1 "
                                  "for a new one"))
     problems.extend(_setting_problems(preset, request))
     return problems
@@ -327,7 +327,7 @@ def request_from_dict(values: dict) -> FinalRequest:
         "transfer_mode": (as_text, f"give one of {', '.join(MODES)}", False),
         "strength": (as_number, "allowed 0 < strength <= 1", False),
         "frame_index": (as_integer, "use an integer >= 0 (a frame of the draft)", False),
-        "seed": (as_integer, f"use an integer 0..{MAX_SEED}, or None / -1 for a new one", True),
+        "seed": (as_integer, f"use an integer 0..{MAX_SEED}, or -1 for a new one", True),
         "steps": (as_integer, f"use an integer 1..1000, {default}", True),
         "width": (as_integer, f"use pixels, {default}", True),
         "height": (as_integer, f"use pixels, {default}", True),
