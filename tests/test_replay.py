@@ -107,8 +107,10 @@ def test_bad_replay_input_exits_2_before_any_notebook(batch, capsys, monkeypatch
                      store]) == 2
     assert f"notebook: {not_a_notebook} is not a Jupyter notebook" in capsys.readouterr().err
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # a machine without a GPU, as CI is
-    assert cli.main(["replay", "--device", "cuda", "--model", "tiny-t2v-a14b", "--tracking-uri", store]) == 2
-    assert "device: 'cuda' asked for, but torch sees no CUDA GPU" in capsys.readouterr().err
+    for dtype in ("auto", "float32"):
+        assert cli.main(["replay", "--device", "cuda", "--dtype", dtype, "--model", "tiny-t2v-a14b",
+                         "--tracking-uri", store]) == 2
+        assert "device: 'cuda' asked for, but torch sees no CUDA GPU" in capsys.readouterr().err
 
 
 def test_a_render_that_fails_gets_its_notebook_on_its_own_failed_run(batch, monkeypatch, tmp_path):

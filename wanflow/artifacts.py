@@ -64,6 +64,16 @@ def run_artifact(artifact_uri: str, name: str, folder: str | os.PathLike | None 
         if not path.is_file():
             raise ArtifactMissingError(f"artifact: {name} is not among the run's artifacts ({local})")
         return path
+    return download(artifact_uri, name, folder)
+
+
+def download(artifact_uri: str, name: str, folder: str | os.PathLike | None = None) -> Path:
+    """Copy the root artifact ``name`` of the run whose artifact root is ``artifact_uri`` into ``folder`` (default:
+    a new temporary folder), from any store, without MLflow's progress bar; returns the copy's path.
+
+    Raises:
+        ArtifactMissingError: no such artifact, or the store cannot be read.
+    """
     from mlflow.artifacts import download_artifacts
 
     if folder is not None:

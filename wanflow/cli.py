@@ -72,11 +72,8 @@ def _number(field: str, allowed: str):
 
 
 def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
+    value = int(text) if text.strip().isdigit() else None
+    if value is None or not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port: {text!r} is not a TCP port; use an integer 1..65535")
     return value
 

@@ -110,9 +110,12 @@ class LoadOptions:
         """Refuse combinations that cannot run, before anything loads.
 
         Raises:
-            ValueError: ``offload_model`` with ``group_offload`` (two offload schemes on the same modules);
-                ``fast=True`` on a device other than CUDA (the fast path's kernels and compile are CUDA's).
+            ValueError: an unknown or absent device, an unknown dtype (:meth:`torch_device`, :meth:`torch_dtype`);
+                ``offload_model`` with ``group_offload`` (two offload schemes on the same modules); ``fast=True`` on
+                a device other than CUDA (the fast path's kernels and compile are CUDA's).
         """
+        self.torch_device()
+        self.torch_dtype()
         if self.offload_model and self.group_offload:
             raise ValueError("group_offload: cannot be combined with offload_model; choose one offload scheme")
         if self.fast and self.torch_device().type != "cuda":

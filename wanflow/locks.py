@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wanflow.artifacts import quiet_downloads
+from wanflow.artifacts import download, quiet_downloads
 from wanflow.spec import RenderSpec
 from wanflow.tracking import client_and_experiment
 
@@ -45,11 +45,12 @@ class Lock:
     artifact_uri: str
 
     def download(self, artifact: str, folder: str | Path) -> Path:
-        """Copy one of the draft's root artifacts (e.g. ``video.mp4``) into ``folder``; returns its path."""
-        from mlflow.artifacts import download_artifacts
+        """Copy one of the draft's root artifacts (e.g. ``video.mp4``) into ``folder``; returns its path.
 
-        with quiet_downloads():
-            return Path(download_artifacts(artifact_uri=f"{self.artifact_uri}/{artifact}", dst_path=str(folder)))
+        Raises:
+            wanflow.artifacts.ArtifactMissingError: the draft has no such artifact.
+        """
+        return download(self.artifact_uri, artifact, folder)
 
 
 def check_name(name: str) -> str:

@@ -192,18 +192,17 @@ def replay(
     except Exception as err:  # nbformat raises several kinds for a file that is not a notebook
         raise ValueError(f"notebook: {notebook} is not a Jupyter notebook ({type(err).__name__}); pass --notebook "
                          "PATH to 02_render.ipynb") from None
-    LoadOptions(device=device, dtype=dtype).torch_dtype()  # an unknown or absent device raises here, not per lock
+    LoadOptions(device=device, dtype=dtype).check()  # an unknown or absent device raises here, not per lock
     final_preset = final_preset or DEFAULT_FINAL.get(mode, "t2v-a14b")
     settings = dict(final_preset=final_preset, mode=mode, strength=strength, frame_index=frame_index, seed=seed,
                     num_inference_steps=steps, width=width, height=height, num_frames=num_frames)
-    names = list(dict.fromkeys(locks)) if locks is not None else None  # a name given twice renders once
-    for name in names or ["placeholder"]:  # bad input raises here, before the store is read
-        FinalRequest(lock_name=name, **settings)
-    if names is None:
-        names = list(list_locks(uri)["name"])
+    if locks is None:
+        FinalRequest(lock_name="placeholder", **settings)  # bad settings raise before the store is read
+        locks = list_locks(uri)["name"]
+    names = list(dict.fromkeys(locks))  # a name given twice renders once
     if not names:
         report(f"no locks in {uri}: lock a draft first (`wanflow lock RUN_ID --name NAME`, see `wanflow history`)")
-    requests = {name: FinalRequest(lock_name=name, **settings) for name in names}
+    requests = {name: FinalRequest(lock_name=name, **settings) for name in names}  # bad input raises here
     held = {name: get_lock(name, uri) for name in names}  # so does a missing lock
     if mode == "first-frame" and held and all(frame_index >= lock.spec.num_frames for lock in held.values()):
         longest = max(held.values(), key=lambda lock: lock.spec.num_frames)
