@@ -48,6 +48,9 @@ def run_case(name: str, rounds: int) -> dict:
     timestep = torch.tensor([900.0], device=device)
     paths = {"plain": pipe.transformer, "wanflow": pipe.transformer_2}
     tags = accelerate({"transformer_2": pipe.transformer_2}, device, tokens, True)
+    # set_attention_backend also makes its backend diffusers' process-wide default, which the plain expert's
+    # processors (no backend of their own) would follow: pin plain to PyTorch's default SDPA, as in plain diffusers
+    pipe.transformer.set_attention_backend("native")
 
     def forward(module) -> tuple[float, float, float]:
         """(seconds by CUDA events, wall-clock start, wall-clock end)."""

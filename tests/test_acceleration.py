@@ -340,3 +340,101 @@ def test_channels_last_vae_decodes_the_same_frames():
         after = vae.decode(latents, return_dict=False)[0]
     assert after.shape == before.shape and torch.allclose(after, before, atol=1e-4)
     clear_cache()  # the cached pipeline's VAE was changed
+
+
+FAKE_FA4 = '''
+import torch
+
+calls = []
+
+
+@torch.compiler.disable  # like the real kernel's CuTe DSL launch, Dynamo cannot trace it
+def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
+    """Stands in for flash-attn-4's kernel on a CPU: (batch, tokens, heads, dim) in and out, plus the log-sum-exp."""
+    calls.append(tuple(q.shape))
+    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                           scale=softmax_scale, is_causal=causal)
+    return out.transpose(1, 2), None
+'''
+
+
+@pytest.fixture
+def fake_flash_attention_4(tmp_path, monkeypatch):
+    """An installed ``flash-attn-4`` 4.0.0b36 (a package on sys.path with its dist-info) whose kernel is SDPA, a
+    Hopper GPU, and diffusers' FLASH_4_HUB entry restored afterwards."""
+    from diffusers.models import attention_dispatch as dispatch
+
+    (tmp_path / "flash_attn" / "cute").mkdir(parents=True)
+    (tmp_path / "flash_attn" / "__init__.py").write_text("")
+    (tmp_path / "flash_attn" / "cute" / "__init__.py").write_text(FAKE_FA4)
+    info = tmp_path / "flash_attn_4-4.0.0b36.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: flash-attn-4\nVersion: 4.0.0b36\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("flash_attn", "flash_attn.cute"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(acceleration.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    config = dispatch._HUB_KERNELS_REGISTRY[dispatch.AttentionBackendName.FLASH_4_HUB]
+    monkeypatch.setattr(config, "kernel_fn", None)
+    yield config
+    for name in ("flash_attn.cute", "flash_attn"):
+        sys.modules.pop(name, None)
+
+
+def test_flash_attention_4_needs_diffusers_requirements_and_a_hopper_or_blackwell_gpu(fake_flash_attention_4,
+                                                                                     monkeypatch):
+    import importlib.util
+
+    cuda = acceleration.torch.device("cuda")
+    if importlib.util.find_spec("kernels") is None:  # diffusers refuses flash_4_hub without the kernels package
+        assert acceleration.provide_flash_attention_4(cuda) is None
+        assert fake_flash_attention_4.kernel_fn is None
+    assert acceleration.provide_flash_attention_4(acceleration.torch.device("cpu")) is None
+    monkeypatch.setattr(acceleration.torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # A100
+    monkeypatch.setattr("diffusers.models.attention_dispatch._check_attention_backend_requirements", lambda b: None)
+    assert acceleration.provide_flash_attention_4(cuda) is None
+    assert fake_flash_attention_4.kernel_fn is None
+
+
+def test_flash_attention_4_is_not_offered_without_the_package(monkeypatch):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("flash-attn-4")
+        pytest.skip("flash-attn-4 is installed here")
+    except PackageNotFoundError:
+        pass
+    monkeypatch.setattr(acceleration.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr("diffusers.models.attention_dispatch._check_attention_backend_requirements", lambda b: None)
+    assert acceleration.provide_flash_attention_4(acceleration.torch.device("cuda")) is None
+
+
+def test_flash_attention_4_runs_through_diffusers_and_compiles_in_one_graph(fake_flash_attention_4, monkeypatch):
+    import torch
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    monkeypatch.setattr("diffusers.models.attention_dispatch._check_attention_backend_requirements", lambda b: None)
+    assert acceleration.provide_flash_attention_4(torch.device("cuda")) == "4.0.0b36"
+    assert fake_flash_attention_4.kernel_fn is acceleration.flash_attention_4
+    import flash_attn.cute
+
+    calls = flash_attn.cute.calls
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 12, 2, 16, generator=g, dtype=torch.bfloat16) for _ in range(3))
+    k, v = k[:, :5], v[:, :5]  # cross-attention: fewer key tokens than queries
+    out = dispatch_attention_fn(q, k, v, backend="flash_4_hub")
+    assert calls == [(1, 12, 2, 16)] and out.shape == (1, 12, 2, 16)
+    native = dispatch_attention_fn(q, k, v, backend="native")
+    assert (out.float() - native.float()).abs().max().item() < 1e-2
+
+    def block(q, k, v):
+        return dispatch_attention_fn(q, k, v, backend="flash_4_hub") * 2
+
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend="eager")  # a graph break would raise here
+    assert torch.equal(compiled(q, k, v), out * 2)
+    assert len(calls) == 2
+    fake_flash_attention_4.kernel_fn = flash_attn.cute.flash_attn_func  # the package's function as it is
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="(?i)skip|disable"):
+        torch.compile(block, fullgraph=True, backend="eager")(q, k, v)

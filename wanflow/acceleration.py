@@ -4,10 +4,12 @@ approximations.
 Exact path (same math, bf16 noise only), on by default on CUDA (``LoadOptions.fast``):
 
 - **attention backend**: the fastest exact kernel this machine has, measured once per GPU, torch version and head
-  shape (:func:`pick_attention`) among diffusers' exact backends (cuDNN, FlashAttention 3/2, PyTorch's flash and
-  memory-efficient kernels, PyTorch's default), set on every expert. Attention is 53% of TI2V-5B's and 72% of an
-  A14B expert's FLOPs at 720p, and on one H200 cuDNN ran at 616 / 556 TFLOP/s against 371 / 353 for PyTorch's
-  flash kernel (``FACTS.md`` §2), so the kernel decides the speed. The choice is a run tag.
+  shape (:func:`pick_attention`) among diffusers' exact backends (FlashAttention 4 where ``flash-attn-4`` is
+  installed on a Hopper or Blackwell GPU (:func:`provide_flash_attention_4`), FlashAttention 3/2, cuDNN, PyTorch's
+  flash and memory-efficient kernels, PyTorch's default), set on every expert. Attention is 53% of TI2V-5B's and
+  72% of an A14B expert's FLOPs at 720p, and on one H200 FlashAttention 4 ran at 671 TFLOP/s, cuDNN (what plain
+  diffusers runs) at 572 and PyTorch's flash kernel at 363 (A14B 720p; ``FACTS.md`` §2), so the kernel decides the
+  speed. The choice is a run tag.
 - **one timestep per sample** for TI2V-5B text-to-video (:func:`uniform_timestep`): without an image every token
   has the same timestep, so the transformer embeds one instead of one per token.
 - **regional compilation** (``compile_repeated_blocks``: the transformer block is compiled once and reused by every
@@ -17,8 +19,9 @@ Exact path (same math, bf16 noise only), on by default on CUDA (``LoadOptions.fa
 - **channels-last VAE** (:func:`channels_last`) with cuDNN's autotuning: the convolutions run without layout
   conversions.
 
-Where the time then goes (``bench/breakdown.py``): at 720p attention is 56% (TI2V-5B) and 75% (an A14B expert) of a
-forward's GPU time and the matrix products run at the bf16 ceiling, so the attention kernel sets the limit.
+Where the time then goes (``bench/breakdown.py``): at 720p, with FlashAttention 4, attention is 52% (TI2V-5B) and
+71% (an A14B expert) of a forward's GPU time and the matrix products run near the bf16 ceiling, so the attention
+kernel sets the limit.
 
 Approximations (``RenderSpec.approximations``; they change the frames, so they are part of the spec and its id):
 
@@ -56,10 +59,16 @@ import torch
 from wanflow.spec import STEP_CACHES
 
 #: diffusers' exact attention backends that :func:`pick_attention` times; the fastest on the machine wins, so the order
-#: only breaks ties. On an H200 cuDNN beat PyTorch's flash and memory-efficient kernels (``FACTS.md`` §2);
+#: only breaks ties. On an H200 (2026-11-30, ``bench/results/fa4-attention.json``) FlashAttention 4 ran A14B 720p
+#: self-attention at 671 TFLOP/s, cuDNN at 572 and PyTorch's flash kernel at 363, all three within bf16 noise of
+#: each other (relative L2 0.3%). ``flash_4_hub`` is only a candidate when :func:`provide_flash_attention_4` has given
+#: diffusers the kernel of the installed ``flash-attn-4`` package: wanflow never downloads a kernel from the Hub.
 #: FlashAttention 3 and 2 (``_flash_3``, ``flash``) are timed where installed, never measured here. ``native`` is
 #: ``F.scaled_dot_product_attention`` with PyTorch's own choice: always available, the fallback.
-EXACT_ATTENTION = ("_flash_3", "flash", "_native_cudnn", "_native_flash", "_native_efficient", "native")
+EXACT_ATTENTION = ("flash_4_hub", "_flash_3", "flash", "_native_cudnn", "_native_flash", "_native_efficient", "native")
+#: Compute capabilities (major) FlashAttention 4 has kernels for: Hopper (H100, H200) and Blackwell (B200)
+#: (Dao-AILab/flash-attention ``flash_attn/cute``: ``flash_fwd_sm90.py``, ``flash_fwd_sm100.py``).
+FLASH_ATTENTION_4_MAJORS = (9, 10)
 #: diffusers' default First Block Cache threshold (``FirstBlockCacheConfig``): mean absolute relative change of the
 #: first block's residual below which a step reuses the cache.
 FIRST_BLOCK_CACHE_THRESHOLD = 0.05
@@ -97,6 +106,56 @@ def use_inductor_cache() -> Path:
     return folder
 
 
+@torch.library.custom_op("wanflow::flash_attention_4", mutates_args=())
+def flash_attention_4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float | None = None,
+                      causal: bool = False) -> torch.Tensor:
+    """FlashAttention 4's forward (``flash_attn.cute.flash_attn_func`` of the ``flash-attn-4`` package) as a PyTorch
+    custom operator, so that ``torch.compile(fullgraph=True)`` keeps the transformer block in one graph around it
+    (the package's own function is a Python autograd function that launches a CuTe DSL kernel, which Dynamo cannot
+    trace). ``q``: (batch, tokens, heads, head_dim); ``k``, ``v``: (batch, kv_tokens, heads, head_dim), bf16 or fp16
+    on a Hopper or Blackwell GPU. Returns (batch, tokens, heads, v's head_dim)."""
+    from flash_attn.cute import flash_attn_func
+
+    out = flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=causal)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@flash_attention_4.register_fake
+def _(q, k, v, softmax_scale=None, causal=False):
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+def provide_flash_attention_4(device: torch.device) -> str | None:
+    """Give diffusers' ``flash_4_hub`` attention backend the FlashAttention 4 kernel of the installed ``flash-attn-4``
+    package (:func:`flash_attention_4`), so that the backend runs without downloading ``kernels-community/flash-attn4``
+    from the Hugging Face Hub: offline, and no remote code. Done once per process; a kernel diffusers already has is
+    kept.
+
+    Returns the package's version (``"4.0.0b36"``), or None where FlashAttention 4 cannot run here: no CUDA
+    ``device``, a GPU other than Hopper or Blackwell (:data:`FLASH_ATTENTION_4_MAJORS`; not the A100), ``flash-attn-4``
+    not installed, or diffusers' requirement for the backend not met (the ``kernels`` package >= 0.12.3). Install
+    both with ``pip install 'wanflow[hopper]'``.
+    """
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] not in FLASH_ATTENTION_4_MAJORS:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    from diffusers.models import attention_dispatch as dispatch
+
+    backend = dispatch.AttentionBackendName.FLASH_4_HUB
+    try:
+        found = version("flash-attn-4")  # not flash-attn 2, which also installs a `flash_attn` package
+        if importlib.util.find_spec("flash_attn.cute") is None:
+            return None
+        dispatch._check_attention_backend_requirements(backend)
+    except (PackageNotFoundError, ImportError, RuntimeError):
+        return None
+    config = dispatch._HUB_KERNELS_REGISTRY[backend]
+    if config.kernel_fn is None:
+        config.kernel_fn = flash_attention_4
+    return found
+
+
 def _time_backend(backend: str, q: torch.Tensor, reference: torch.Tensor | None, repeats: int = 5) -> float | None:
     """Seconds per call of ``backend`` on (B, S, H, D) inputs, or None if it is missing, fails, or (exactness
     check) differs from PyTorch's default by more than bf16 noise."""
@@ -123,16 +182,20 @@ def pick_attention(device: torch.device, heads: int, head_dim: int, tokens: int,
     each candidate took (missing / failing ones left out).
 
     Measured once with bf16 random inputs (at most :data:`MAX_TIMED_TOKENS` tokens) and remembered in
-    ``$WANFLOW_CACHE/attention.json`` per GPU name, torch and diffusers version and shape. On CPU (or MPS) it is
-    ``native`` without measuring.
+    ``$WANFLOW_CACHE/attention.json`` per GPU name, torch, diffusers and ``flash-attn-4`` version and shape. On CPU
+    (or MPS) it is ``native`` without measuring. ``flash_4_hub`` is timed only where
+    :func:`provide_flash_attention_4` can give diffusers the installed kernel.
     """
     if device.type != "cuda":
         return "native", {}
     import diffusers
 
+    fa4 = provide_flash_attention_4(device)
+    if fa4 is None:
+        candidates = [name for name in candidates if name != "flash_4_hub"]
     tokens = min(tokens, MAX_TIMED_TOKENS)
     key = (f"{torch.cuda.get_device_name(device)}|torch {torch.__version__}|diffusers {diffusers.__version__}"
-           f"|{heads}x{head_dim}|{tokens}")
+           f"{f'|flash-attn-4 {fa4}' if fa4 else ''}|{heads}x{head_dim}|{tokens}")
     path = _cache_file()
     known = json.loads(path.read_text()) if path.exists() else {}
     if key in known:
