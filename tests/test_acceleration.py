@@ -64,6 +64,27 @@ def test_fp8_takes_the_blocks_bfloat16_linear_layers_and_refuses_other_dtypes():
         acceleration.check_approximations(["fp8"], torch.device("cuda"), torch.float32)
 
 
+def test_cuda_index_past_the_gpu_count_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(acceleration.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(acceleration.torch.cuda, "device_count", lambda: 1)
+    assert LoadOptions(device="cuda:0").torch_device() == acceleration.torch.device("cuda:0")
+    with pytest.raises(ValueError, match=r"device: 'cuda:1' asked for, but torch sees 1 CUDA GPU \(cuda:0\)"):
+        LoadOptions(device="cuda:1").check()
+    monkeypatch.setattr(acceleration.torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(ValueError, match=r"torch sees 4 CUDA GPUs \(cuda:0 to cuda:3\)"):
+        LoadOptions(device="cuda:7").torch_device()
+
+
+def test_a_damaged_attention_cache_is_measured_again(tmp_path):
+    path = tmp_path / "attention.json"
+    for text in ("{trunc", "[]", "null"):
+        path.write_text(text)
+        assert acceleration._read_cache(path) == {}
+    assert acceleration._read_cache(tmp_path / "missing.json") == {}
+    path.write_text('{"k": {"backend": "native", "seconds": {}}}')
+    assert acceleration._read_cache(path) == {"k": {"backend": "native", "seconds": {}}}
+
+
 def test_offload_schemes_do_not_mix():
     with pytest.raises(ValueError, match="group_offload: cannot be combined with offload_model"):
         LoadOptions(offload_model=True, group_offload=True).check()
@@ -374,6 +395,9 @@ def fake_flash_attention_4(tmp_path, monkeypatch):
     for name in ("flash_attn", "flash_attn.cute"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setattr(acceleration.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(acceleration.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(acceleration.torch.cuda, "device_count", lambda: 2)
+    acceleration._warn_once.cache_clear()
     config = dispatch._HUB_KERNELS_REGISTRY[dispatch.AttentionBackendName.FLASH_4_HUB]
     monkeypatch.setattr(config, "kernel_fn", None)
     yield config
@@ -381,18 +405,31 @@ def fake_flash_attention_4(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
-def test_flash_attention_4_needs_diffusers_requirements_and_a_hopper_or_blackwell_gpu(fake_flash_attention_4,
+def test_flash_attention_4_needs_diffusers_requirements_and_a_gpu_it_has_kernels_for(fake_flash_attention_4,
                                                                                      monkeypatch):
     import importlib.util
 
     cuda = acceleration.torch.device("cuda")
     if importlib.util.find_spec("kernels") is None:  # diffusers refuses flash_4_hub without the kernels package
-        assert acceleration.provide_flash_attention_4(cuda) is None
+        with pytest.warns(RuntimeWarning, match=r"flash-attn-4 4.0.0b36 is installed but diffusers' flash_4_hub "
+                                                r"backend refuses to run: .*kernels.*wanflow\[fa4\]"):
+            assert acceleration.provide_flash_attention_4(cuda) is None
         assert fake_flash_attention_4.kernel_fn is None
-    assert acceleration.provide_flash_attention_4(acceleration.torch.device("cpu")) is None
-    monkeypatch.setattr(acceleration.torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # A100
+    for device in ("cpu", "meta", "cuda:2"):  # no CUDA, or an index past the GPU count (2 GPUs here)
+        assert acceleration.provide_flash_attention_4(acceleration.torch.device(device)) is None
+    monkeypatch.setattr(acceleration.torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # T4
     monkeypatch.setattr("diffusers.models.attention_dispatch._check_attention_backend_requirements", lambda b: None)
     assert acceleration.provide_flash_attention_4(cuda) is None
+    assert fake_flash_attention_4.kernel_fn is None
+
+
+def test_flash_attention_4_that_fails_to_import_is_left_out_with_a_warning(fake_flash_attention_4, tmp_path,
+                                                                           monkeypatch):
+    (tmp_path / "flash_attn" / "__init__.py").write_text("raise OSError('libcuda.so.1: cannot open shared object')")
+    monkeypatch.setattr("diffusers.models.attention_dispatch._check_attention_backend_requirements", lambda b: None)
+    with pytest.warns(RuntimeWarning, match=r"flash-attn-4 4.0.0b36 is installed but cannot be imported "
+                                            r"\(OSError: libcuda.so.1"):
+        assert acceleration.provide_flash_attention_4(acceleration.torch.device("cuda")) is None
     assert fake_flash_attention_4.kernel_fn is None
 
 
@@ -405,6 +442,7 @@ def test_flash_attention_4_is_not_offered_without_the_package(monkeypatch):
     except PackageNotFoundError:
         pass
     monkeypatch.setattr(acceleration.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(acceleration.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr("diffusers.models.attention_dispatch._check_attention_backend_requirements", lambda b: None)
     assert acceleration.provide_flash_attention_4(acceleration.torch.device("cuda")) is None
 
@@ -416,6 +454,7 @@ def test_flash_attention_4_runs_through_diffusers_and_compiles_in_one_graph(fake
     monkeypatch.setattr("diffusers.models.attention_dispatch._check_attention_backend_requirements", lambda b: None)
     assert acceleration.provide_flash_attention_4(torch.device("cuda")) == "4.0.0b36"
     assert fake_flash_attention_4.kernel_fn is acceleration.flash_attention_4
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU that runs the kernel from here on
     import flash_attn.cute
 
     calls = flash_attn.cute.calls

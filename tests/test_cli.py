@@ -79,6 +79,9 @@ def test_render_respects_tracking_uri_env_and_spec_rerender(tmp_path, store):
         (["--image", "/no/such.png"], "image: /no/such.png does not exist"),
         (["--seed", "-5"], "seed: -5 is out of range"),
         (["--device", "quantum"], "device: unknown device 'quantum'"),
+        (["--device", "meta"], "device: 'meta' is not supported; use auto, cpu, cuda, cuda:N or mps"),
+        (["--device", "xpu"], "device: 'xpu' is not supported"),
+        (["--device", "cpu:1"], "device: 'cpu:1' is not supported"),
         (["--model", "ti2v-5b"], "preset: ti2v-5b's weights for Wan-AI/Wan2.2-TI2V-5B-Diffusers not found"),
     ],
 )

@@ -5,7 +5,7 @@ Exact path (same math, bf16 noise only), on by default on CUDA (``LoadOptions.fa
 
 - **attention backend**: the fastest exact kernel this machine has, measured once per GPU, torch version and head
   shape (:func:`pick_attention`) among diffusers' exact backends (FlashAttention 4 where ``flash-attn-4`` is
-  installed on a Hopper or Blackwell GPU (:func:`provide_flash_attention_4`), FlashAttention 3/2, cuDNN, PyTorch's
+  installed (:func:`provide_flash_attention_4`), FlashAttention 3/2, cuDNN, PyTorch's
   flash and memory-efficient kernels, PyTorch's default), set on every expert. Attention is 53% of TI2V-5B's and
   72% of an A14B expert's FLOPs at 720p, and on one H200 FlashAttention 4 ran at 671 TFLOP/s, cuDNN (what plain
   diffusers runs) at 572 and PyTorch's flash kernel at 363 (A14B 720p; ``FACTS.md`` §2), so the kernel decides the
@@ -46,11 +46,13 @@ one render into the next. Their hooks run eagerly around compiled blocks (:func:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -66,9 +68,11 @@ from wanflow.spec import STEP_CACHES
 #: FlashAttention 3 and 2 (``_flash_3``, ``flash``) are timed where installed, never measured here. ``native`` is
 #: ``F.scaled_dot_product_attention`` with PyTorch's own choice: always available, the fallback.
 EXACT_ATTENTION = ("flash_4_hub", "_flash_3", "flash", "_native_cudnn", "_native_flash", "_native_efficient", "native")
-#: Compute capabilities (major) FlashAttention 4 has kernels for: Hopper (H100, H200) and Blackwell (B200)
-#: (Dao-AILab/flash-attention ``flash_attn/cute``: ``flash_fwd_sm90.py``, ``flash_fwd_sm100.py``).
-FLASH_ATTENTION_4_MAJORS = (9, 10)
+#: Compute capabilities (major) whose forward FlashAttention 4 runs: 8.x to 12.x (``flash_attn/cute/interface.py``
+#: of flash-attn-4 4.0.0b36 asserts these; it is built for Hopper (9.x, ``flash_fwd_sm90.py``) and Blackwell (10.x,
+#: ``flash_fwd_sm100.py``) and has Ampere-style kernels for 8.x and 12.x). Measured only on an H200; elsewhere
+#: :func:`pick_attention`'s timing decides whether it is used.
+FLASH_ATTENTION_4_MAJORS = (8, 9, 10, 11, 12)
 #: diffusers' default First Block Cache threshold (``FirstBlockCacheConfig``): mean absolute relative change of the
 #: first block's residual below which a step reuses the cache.
 FIRST_BLOCK_CACHE_THRESHOLD = 0.05
@@ -106,6 +110,11 @@ def use_inductor_cache() -> Path:
     return folder
 
 
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 @torch.library.custom_op("wanflow::flash_attention_4", mutates_args=())
 def flash_attention_4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float | None = None,
                       causal: bool = False) -> torch.Tensor:
@@ -113,7 +122,7 @@ def flash_attention_4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax
     custom operator, so that ``torch.compile(fullgraph=True)`` keeps the transformer block in one graph around it
     (the package's own function is a Python autograd function that launches a CuTe DSL kernel, which Dynamo cannot
     trace). ``q``: (batch, tokens, heads, head_dim); ``k``, ``v``: (batch, kv_tokens, heads, head_dim), bf16 or fp16
-    on a Hopper or Blackwell GPU. Returns (batch, tokens, heads, v's head_dim)."""
+    on a GPU of :data:`FLASH_ATTENTION_4_MAJORS`. Returns (batch, tokens, heads, v's head_dim)."""
     from flash_attn.cute import flash_attn_func
 
     out = flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=causal)
@@ -132,28 +141,55 @@ def provide_flash_attention_4(device: torch.device) -> str | None:
     kept.
 
     Returns the package's version (``"4.0.0b36"``), or None where FlashAttention 4 cannot run here: no CUDA
-    ``device``, a GPU other than Hopper or Blackwell (:data:`FLASH_ATTENTION_4_MAJORS`; not the A100), ``flash-attn-4``
-    not installed, or diffusers' requirement for the backend not met (the ``kernels`` package >= 0.12.3). Install
-    both with ``pip install 'wanflow[hopper]'``.
+    ``device`` (or an index past the GPU count), a GPU it has no kernel for (:data:`FLASH_ATTENTION_4_MAJORS`),
+    ``flash-attn-4`` not installed; and, with a ``RuntimeWarning`` once per process, ``flash-attn-4`` installed but
+    failing to import, or diffusers' requirement for the backend not met (the ``kernels`` package >= 0.12.3).
+    Install both with ``pip install 'wanflow[fa4]'``.
     """
-    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] not in FLASH_ATTENTION_4_MAJORS:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        return None
+    if torch.cuda.get_device_capability(device)[0] not in FLASH_ATTENTION_4_MAJORS:
         return None
     from importlib.metadata import PackageNotFoundError, version
 
     from diffusers.models import attention_dispatch as dispatch
 
-    backend = dispatch.AttentionBackendName.FLASH_4_HUB
     try:
         found = version("flash-attn-4")  # not flash-attn 2, which also installs a `flash_attn` package
-        if importlib.util.find_spec("flash_attn.cute") is None:
-            return None
+    except PackageNotFoundError:
+        return None
+    try:
+        importable = importlib.util.find_spec("flash_attn.cute") is not None
+    except Exception as err:  # noqa: BLE001 - a package that fails to import (missing CUDA library, ...) is not usable
+        importable, why = False, f"{type(err).__name__}: {err}"
+    else:
+        why = "it has no flash_attn.cute module"
+    if not importable:
+        _warn_once(f"flash-attn-4 {found} is installed but cannot be imported ({why}); FlashAttention 4 is not used")
+        return None
+    backend = dispatch.AttentionBackendName.FLASH_4_HUB
+    try:
         dispatch._check_attention_backend_requirements(backend)
-    except (PackageNotFoundError, ImportError, RuntimeError):
+    except RuntimeError as err:  # diffusers' requirement for the backend: the kernels package
+        _warn_once(f"flash-attn-4 {found} is installed but diffusers' flash_4_hub backend refuses to run: {err} "
+                   f"(`pip install 'wanflow[fa4]'` installs both); FlashAttention 4 is not used")
         return None
     config = dispatch._HUB_KERNELS_REGISTRY[backend]
     if config.kernel_fn is None:
         config.kernel_fn = flash_attention_4
     return found
+
+
+def _read_cache(path: Path) -> dict:
+    """The remembered attention timings, or {} when the file is missing or not a JSON object (a damaged cache is
+    measured again and rewritten, not an error)."""
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def _time_backend(backend: str, q: torch.Tensor, reference: torch.Tensor | None, repeats: int = 5) -> float | None:
@@ -197,9 +233,11 @@ def pick_attention(device: torch.device, heads: int, head_dim: int, tokens: int,
     key = (f"{torch.cuda.get_device_name(device)}|torch {torch.__version__}|diffusers {diffusers.__version__}"
            f"{f'|flash-attn-4 {fa4}' if fa4 else ''}|{heads}x{head_dim}|{tokens}")
     path = _cache_file()
-    known = json.loads(path.read_text()) if path.exists() else {}
-    if key in known:
-        return known[key]["backend"], known[key]["seconds"]
+    known = _read_cache(path)
+    entry = known.get(key)
+    if (isinstance(entry, dict) and entry.get("backend") in (*candidates, "native")
+            and isinstance(entry.get("seconds"), dict)):
+        return entry["backend"], entry["seconds"]
     generator = torch.Generator(device).manual_seed(0)
     q = torch.randn(1, tokens, heads, head_dim, device=device, dtype=torch.bfloat16, generator=generator)
     from diffusers.models.attention_dispatch import dispatch_attention_fn

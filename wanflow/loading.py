@@ -63,19 +63,27 @@ class LoadOptions:
     model_dir: str | None = None
 
     def torch_device(self) -> torch.device:
-        """The device to compute on. Raises ValueError for an unknown or unavailable device."""
+        """The device to compute on. Raises ValueError for an unknown or unavailable device, a device type wanflow
+        does not run on (``meta``, ``xpu``, ...), an index on ``cpu`` / ``mps``, or a ``cuda:N`` past the GPU count."""
         if self.device == "auto":
             if torch.cuda.is_available():
                 return torch.device("cuda")
             if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
                 return torch.device("mps")
             return torch.device("cpu")
+        allowed = "use auto, cpu, cuda, cuda:N or mps"
         try:
             device = torch.device(self.device)
         except RuntimeError:
-            raise ValueError(f"device: unknown device {self.device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+            raise ValueError(f"device: unknown device {self.device!r}; {allowed}") from None
+        if device.type not in ("cpu", "cuda", "mps") or (device.index is not None and device.type != "cuda"):
+            raise ValueError(f"device: {self.device!r} is not supported; {allowed}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device: {self.device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ValueError(f"device: {self.device!r} asked for, but torch sees {count} CUDA GPU"
+                             f"{'s' if count > 1 else ''} (cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
         if device.type == "mps" and not torch.backends.mps.is_available():
             raise ValueError(f"device: {self.device!r} asked for, but MPS is not available; use --device cpu")
         return device
