@@ -140,7 +140,7 @@ def test_bad_tracking_uris_fail_fast_and_leave_nothing(tmp_path, capsys, monkeyp
     assert cli.main(["render", PROMPT, "--quiet", "--tracking-uri", uri, "--out", str(tmp_path / "o")]) == 2
     assert time.perf_counter() - started < 60  # MLflow's own client retries for minutes
     err = capsys.readouterr().err
-    assert f"tracking_uri: " in err and words in err, err
+    assert "tracking_uri: " in err and words in err, err
     assert not (tmp_path / "o").exists()  # the folder it made is removed again
     assert cli.main(["history", "--tracking-uri", uri]) == 2
 
