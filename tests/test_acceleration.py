@@ -455,6 +455,13 @@ def test_flash_attention_4_runs_through_diffusers_and_compiles_in_one_graph(fake
     assert acceleration.provide_flash_attention_4(torch.device("cuda")) == "4.0.0b36"
     assert fake_flash_attention_4.kernel_fn is acceleration.flash_attention_4
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU that runs the kernel from here on
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:  # the CuTe DSL's first-call note is not shown to users
+        warnings.warn("Argument aux_data (position 17) cannot be converted to a JitArgument for function 'f'",
+                      UserWarning)
+        warnings.warn("another UserWarning", UserWarning)
+    assert [str(w.message) for w in seen] == ["another UserWarning"]
     import flash_attn.cute
 
     calls = flash_attn.cute.calls
