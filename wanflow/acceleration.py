@@ -137,8 +137,8 @@ def _(q, k, v, softmax_scale=None, causal=False):
 def provide_flash_attention_4(device: torch.device) -> str | None:
     """Give diffusers' ``flash_4_hub`` attention backend the FlashAttention 4 kernel of the installed ``flash-attn-4``
     package (:func:`flash_attention_4`), so that the backend runs without downloading ``kernels-community/flash-attn4``
-    from the Hugging Face Hub: offline, and no remote code. Done once per process; a kernel diffusers already has is
-    kept.
+    from the Hugging Face Hub: offline, and no remote code. The kernel is set once per process; one diffusers
+    already has is kept.
 
     Returns the package's version (``"4.0.0b36"``), or None where FlashAttention 4 cannot run here: no CUDA
     ``device`` (or an index past the GPU count), a GPU it has no kernel for (:data:`FLASH_ATTENTION_4_MAJORS`),
@@ -161,13 +161,11 @@ def provide_flash_attention_4(device: torch.device) -> str | None:
     except PackageNotFoundError:
         return None
     try:
-        importable = importlib.util.find_spec("flash_attn.cute") is not None
+        if importlib.util.find_spec("flash_attn.cute") is None:
+            raise ImportError("it has no flash_attn.cute module")
     except Exception as err:  # noqa: BLE001 - a package that fails to import (missing CUDA library, ...) is not usable
-        importable, why = False, f"{type(err).__name__}: {err}"
-    else:
-        why = "it has no flash_attn.cute module"
-    if not importable:
-        _warn_once(f"flash-attn-4 {found} is installed but cannot be imported ({why}); FlashAttention 4 is not used")
+        _warn_once(f"flash-attn-4 {found} is installed but cannot be imported ({type(err).__name__}: {err}); "
+                   "FlashAttention 4 is not used")
         return None
     backend = dispatch.AttentionBackendName.FLASH_4_HUB
     try:
@@ -231,8 +229,7 @@ def pick_attention(device: torch.device, heads: int, head_dim: int, tokens: int,
     import diffusers
 
     fa4 = provide_flash_attention_4(device)
-    if fa4 is None:
-        candidates = [name for name in candidates if name != "flash_4_hub"]
+    candidates = [name for name in candidates if fa4 or name != "flash_4_hub"]  # read twice below
     tokens = min(tokens, MAX_TIMED_TOKENS)
     key = (f"{torch.cuda.get_device_name(device)}|torch {torch.__version__}|diffusers {diffusers.__version__}"
            f"{f'|flash-attn-4 {fa4}' if fa4 else ''}|{heads}x{head_dim}|{tokens}")
